@@ -1,0 +1,520 @@
+"""The `slashing-sidecar` command (also `python -m sidecar`).
+
+Every option can also be given as an environment variable `SLASHING_SIDECAR_<OPTION>` (dashes become
+underscores: `--data-dir` is `SLASHING_SIDECAR_DATA_DIR`); the command line wins. Errors are one line on standard
+error and a non-zero exit, never a traceback:
+
+    0  success            1  the operation failed (refused import, damage found, not SERVING, ...)
+    2  bad usage or configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from sidecar import __version__
+from sidecar.errors import ConfigurationError, SidecarError
+from sidecar.logs import configure_logging
+from sidecar.networks import NETWORKS, genesis_validators_root_for, parse_hex, parse_root_hex
+
+__all__ = ["main"]
+
+ENV_PREFIX = "SLASHING_SIDECAR_"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("sidecar.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, as for every other usage error
+        raise ConfigurationError(f"{self.prog}: {message}")
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """An option whose default comes from SLASHING_SIDECAR_<OPTION> when set."""
+    name = flag.lstrip("-")
+    value = _env(name)
+    if kwargs.get("action") == "store_true":
+        if value is not None:
+            kwargs["default"] = value.strip().lower() in ("1", "true", "yes", "on")
+    elif kwargs.get("action") == "append":
+        if value is not None:
+            kwargs["default"] = value.split(",")
+    elif value is not None:
+        kwargs["default"] = value
+        kwargs["required"] = False
+    kwargs.setdefault("help", "")
+    kwargs["help"] += f" [env {ENV_PREFIX}{name.upper().replace('-', '_')}]"
+    parser.add_argument(flag, **kwargs)
+
+
+def _tls_client_options(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "--tls-ca", type=Path, help="CA certificate to verify the server (TLS)")
+    _option(parser, "--tls-client-cert", type=Path, help="client certificate for mutual TLS")
+    _option(parser, "--tls-client-key", type=Path, help="client key for mutual TLS")
+    _option(parser, "--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
+
+
+def _target_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    _option(group, "--data-dir", type=Path, help="work offline on this data directory (refused while served)")
+    _option(group, "--server", help="HOST:PORT of a running sidecar")
+    _tls_client_options(parser)
+
+
+def _root_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    _option(group, "--network", choices=sorted(NETWORKS), help="a known network's genesis validators root")
+    _option(group, "--genesis-validators-root", help="0x-prefixed 32-byte hex")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="slashing-sidecar", description="Slashing protection for Ethereum validators.")
+    parser.add_argument("--version", action="version", version=f"slashing-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the gRPC service")
+    _option(serve, "--data-dir", type=Path, required=True, help="data directory (created on first start)")
+    _root_options(serve)
+    _option(serve, "--listen", default="127.0.0.1:50051", help="gRPC HOST:PORT (default 127.0.0.1:50051)")
+    _option(serve, "--strategy", choices=["complete", "minimal"], default="complete", help="import strategy")
+    _option(serve, "--checkpoint-interval", type=float, default=300.0, help="seconds between checkpoints")
+    _option(serve, "--checkpoint-keep", type=int, default=3, help="checkpoints kept (default 3)")
+    _option(
+        serve,
+        "--history-window-epochs",
+        type=int,
+        default=None,
+        help="epochs of history kept per validator behind its newest record (0 keeps everything; default 64)",
+    )
+    _option(
+        serve,
+        "--archive-segments",
+        action="store_true",
+        help="move log segments covered by checkpoints to DIR/archive instead of deleting them",
+    )
+    _option(serve, "--metrics-listen", help="HOST:PORT for /metrics, /healthz and /readyz (off by default)")
+    _option(serve, "--tls-cert", type=Path, help="server certificate (PEM)")
+    _option(serve, "--tls-key", type=Path, help="server key (PEM)")
+    _option(serve, "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    _option(serve, "--insecure-listen", action="store_true", help="allow plaintext on a non-loopback address")
+    _option(serve, "--max-concurrent-rpcs", type=int, help="calls beyond this many in flight are refused")
+    _option(
+        serve,
+        "--shutdown-grace",
+        type=float,
+        default=20.0,
+        help="seconds calls in flight get to finish at shutdown (default 20, fits Kubernetes' 30)",
+    )
+    _option(serve, "--log-format", choices=["text", "json"], default="text", help="log lines format")
+
+    imp = commands.add_parser("import", help="import an EIP-3076 interchange file")
+    imp.add_argument("file", type=Path, help="the interchange file")
+    _target_options(imp)
+    _root_options(imp)
+    _option(
+        imp,
+        "--strategy",
+        choices=["complete", "minimal"],
+        default="complete",
+        help="import strategy when working offline",
+    )
+
+    exp = commands.add_parser("export", help="write an EIP-3076 v5 interchange file")
+    exp.add_argument("file", help="output file, or - for standard output")
+    _target_options(exp)
+    _option(exp, "--pubkey", action="append", help="export only this key (repeatable)")
+
+    health = commands.add_parser("health", help="exit 0 iff the server reports SERVING (exec probe)")
+    _option(health, "--server", required=True, help="HOST:PORT")
+    _option(health, "--service", default="", help="service name to ask about (default: the whole server)")
+    _tls_client_options(health)
+
+    verify = commands.add_parser("verify", help="check every checkpoint and log record, changing nothing")
+    _option(verify, "--data-dir", type=Path, required=True, help="data directory")
+
+    repair = commands.add_parser("repair", help="recover from damage: keep what precedes it, raise lower bounds")
+    _option(repair, "--data-dir", type=Path, required=True, help="data directory")
+    _option(repair, "--min-slot", type=int, required=True, help="refuse blocks at or below this slot afterwards")
+    _option(
+        repair,
+        "--min-epoch",
+        type=int,
+        required=True,
+        help="refuse attestations with source below or target at or below this epoch afterwards",
+    )
+
+    decisions = commands.add_parser("decisions", help="print recorded decisions as JSON lines")
+    _target_options(decisions)
+    _option(decisions, "--pubkey", help="only this key")
+    _option(decisions, "--since-sequence", type=int, default=0, help="only records after this sequence")
+
+    summary = commands.add_parser("summary", help="print one key's counts and bounds as JSON")
+    _target_options(summary)
+    _option(summary, "--pubkey", required=True, help="the key")
+
+    register = commands.add_parser("register", help="register keys so they may sign")
+    _target_options(register)
+    _root_options(register)
+    _option(register, "--pubkey", action="append", required=True, help="a key (repeatable)")
+
+    checkpoint = commands.add_parser("checkpoint", help="ask a running server to write a checkpoint now")
+    _option(checkpoint, "--server", required=True, help="HOST:PORT")
+    _tls_client_options(checkpoint)
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _root_from(args: argparse.Namespace) -> bytes | None:
+    if getattr(args, "network", None):
+        return genesis_validators_root_for(args.network)
+    if getattr(args, "genesis_validators_root", None):
+        return parse_root_hex(args.genesis_validators_root)
+    return None
+
+
+def _pubkey(text: str) -> bytes:
+    return parse_hex(text, 48, "pubkey")
+
+
+def _require_target(args: argparse.Namespace) -> None:
+    if not args.data_dir and not args.server:
+        raise ConfigurationError(f"{args.command}: give --data-dir DIR or --server HOST:PORT")
+
+
+def _strategy(name: str) -> Any:
+    from sidecar.store import Strategy
+
+    return Strategy(name)
+
+
+def _window(value: int | None) -> int | None:
+    from sidecar.store import DEFAULT_HISTORY_WINDOW_EPOCHS
+
+    if value is None:
+        return DEFAULT_HISTORY_WINDOW_EPOCHS
+    if value < 0:
+        raise ConfigurationError("--history-window-epochs must be 0 (keep everything) or more")
+    return value or None
+
+
+@contextlib.contextmanager
+def _offline_store(data_dir: Path, root: bytes | None, strategy: str = "complete") -> Iterator[Any]:
+    from sidecar.store import Store, StoreOptions
+
+    store = Store.open_or_create(data_dir, root, StoreOptions(strategy=_strategy(strategy)))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+class _Progress:
+    """A progress line on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self, what: str, stream: IO[str] = sys.stderr) -> None:
+        self._what = what
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def __call__(self, count: int) -> None:
+        now = time.monotonic()
+        if self._tty:
+            if now - self._last >= 0.1:
+                rate = count / max(now - self._started, 1e-9)
+                self._stream.write(f"\r{self._what}: {count:,} validators ({rate:,.0f}/s)")
+                self._stream.flush()
+                self._last = now
+        elif now - self._last >= 5.0:
+            log.info("%s: %d validators read so far", self._what, count)
+            self._last = now
+
+    def done(self) -> None:
+        if self._tty and self._last:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sidecar.server import ServeConfig, run
+
+    configure_logging(args.log_format)
+    config = ServeConfig(
+        data_dir=args.data_dir,
+        genesis_validators_root=_root_from(args),
+        listen=args.listen,
+        strategy=_strategy(args.strategy),
+        checkpoint_interval=float(args.checkpoint_interval),
+        checkpoint_keep=int(args.checkpoint_keep),
+        history_window_epochs=_window(
+            None if args.history_window_epochs is None else int(args.history_window_epochs)
+        ),
+        archive_segments=bool(args.archive_segments),
+        metrics_listen=args.metrics_listen,
+        tls_cert=args.tls_cert and Path(args.tls_cert),
+        tls_key=args.tls_key and Path(args.tls_key),
+        tls_client_ca=args.tls_client_ca and Path(args.tls_client_ca),
+        insecure_listen=bool(args.insecure_listen),
+        max_concurrent_rpcs=None if args.max_concurrent_rpcs is None else int(args.max_concurrent_rpcs),
+        shutdown_grace=float(args.shutdown_grace),
+    )
+    if config.checkpoint_keep < 1:
+        raise ConfigurationError("--checkpoint-keep must be at least 1")
+    asyncio.run(run(config))
+    return EXIT_OK
+
+
+def _print_import_result(result: Any, out: IO[str]) -> int:
+    from sidecar.store import ImportStatus
+
+    for item in result.results:
+        out.write(f"0x{item.pubkey.hex()} {ImportStatus(item.status).name.lower()}: {item.message}\n")
+    listed_clean = f", {result.imported} imported cleanly (not listed)" if result.imported else ""
+    omitted = f", {result.results_omitted} more results not listed" if result.results_omitted else ""
+    out.write(f"imported {result.validators} validators{listed_clean}{omitted}\n")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    _require_target(args)
+    path: Path = args.file
+    if args.server:
+        from sidecar.client import import_over_grpc
+
+        result = import_over_grpc(args, path)
+        return _print_import_result(result, sys.stdout)
+    from interchange import Metadata, stream_interchange
+
+    root = _root_from(args)
+    if root is None and not (Path(args.data_dir) / "IDENTITY.json").exists():
+        # A new directory takes the document's root; a wrong document is refused by the import itself.
+        with _open_input(path) as source:
+            for item in stream_interchange(source):
+                if isinstance(item, Metadata):
+                    root = item.genesis_validators_root
+                    break
+    progress = _Progress(f"importing {path}")
+    with _offline_store(Path(args.data_dir), root, args.strategy) as store, _open_input(path) as source:
+        result = store.import_interchange(source, progress=progress)
+    progress.done()
+    return _print_import_result(result, sys.stdout)
+
+
+@contextlib.contextmanager
+def _open_input(path: Path) -> Iterator[BinaryIO]:
+    if str(path) == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {path}: {error.strerror}") from error
+    with handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _open_output(name: str) -> Iterator[BinaryIO]:
+    """Standard output, or a file written under a temporary name and renamed only when complete."""
+    if name == "-":
+        yield sys.stdout.buffer
+        sys.stdout.flush()
+        return
+    target = Path(name)
+    temporary = target.with_name(f".{target.name}.partial")
+    try:
+        handle = open(temporary, "wb")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        raise ConfigurationError(f"cannot write {target}: {error.strerror}") from error
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _require_target(args)
+    pubkeys = [_pubkey(p) for p in args.pubkey] if args.pubkey else None
+    if args.server:
+        from sidecar.client import export_over_grpc
+
+        with _open_output(args.file) as out:
+            count = export_over_grpc(args, pubkeys, out)
+    else:
+        with _offline_store(Path(args.data_dir), None) as store, _open_output(args.file) as out:
+            count = store.export_interchange(out, pubkeys)
+    where = "standard output" if args.file == "-" else args.file
+    what = "every registered validator" if count < 0 else f"{count} validators"
+    print(f"exported {what} to {where}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from sidecar.client import health_status
+
+    status = health_status(args)
+    print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_FAILED
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from sidecar.verify import verify_data_dir
+
+    report = verify_data_dir(Path(args.data_dir))
+    for line in report.lines:
+        print(line)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from sidecar.verify import repair_data_dir
+
+    configure_logging()
+    for line in repair_data_dir(Path(args.data_dir), int(args.min_slot), int(args.min_epoch)):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_decisions(args: argparse.Namespace) -> int:
+    _require_target(args)
+    pubkey = _pubkey(args.pubkey) if args.pubkey else None
+    since = int(args.since_sequence)
+    out = sys.stdout
+    if args.server:
+        from sidecar.client import decisions_over_grpc
+
+        records: Iterator[dict[str, object]] = decisions_over_grpc(args, pubkey, since)
+    else:
+        from sidecar.audit import read_decisions
+        from sidecar.storage import FileOps
+
+        if not Path(args.data_dir).is_dir():
+            raise ConfigurationError(f"{args.data_dir} is not a data directory")
+        records = (r.to_json() for r in read_decisions(Path(args.data_dir), FileOps(), pubkey, since))
+    for document in records:
+        out.write(json.dumps(document) + "\n")
+    return EXIT_OK
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    _require_target(args)
+    pubkey = _pubkey(args.pubkey)
+    if args.server:
+        from sidecar.client import summary_over_grpc
+
+        document = summary_over_grpc(args, pubkey)
+    else:
+        with _offline_store(Path(args.data_dir), None) as store:
+            summary = store.summary(pubkey)
+        document = _summary_json(pubkey, summary)
+    print(json.dumps(document, indent=2))
+    return EXIT_OK if document["registered"] else EXIT_FAILED
+
+
+def _summary_json(pubkey: bytes, summary: Any) -> dict[str, object]:
+    if summary is None:
+        return {"pubkey": "0x" + pubkey.hex(), "registered": False}
+    document: dict[str, object] = {"pubkey": "0x" + pubkey.hex(), "registered": True}
+    for name in (
+        "block_count",
+        "attestation_count",
+        "lowest_slot",
+        "highest_slot",
+        "lowest_source_epoch",
+        "highest_source_epoch",
+        "lowest_target_epoch",
+        "highest_target_epoch",
+        "slot_floor",
+        "source_epoch_floor",
+        "target_epoch_floor",
+        "allowed_decisions",
+        "refused_decisions",
+    ):
+        document[name] = getattr(summary, name)
+    document["last_decision"] = summary.last_decision.to_json() if summary.last_decision else None
+    return document
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    _require_target(args)
+    pubkeys = [_pubkey(p) for p in args.pubkey]
+    if args.server:
+        from sidecar.client import register_over_grpc
+
+        registered, already = register_over_grpc(args, pubkeys)
+    else:
+        with _offline_store(Path(args.data_dir), _root_from(args)) as store:
+            registered, already, _ = store.register_validators(pubkeys)
+    print(f"registered {registered} validators ({already} already registered)")
+    return EXIT_OK
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from sidecar.client import checkpoint_over_grpc
+
+    sequence, validators, name = checkpoint_over_grpc(args)
+    print(f"checkpoint {name}: {validators} validators up to sequence {sequence}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "import": cmd_import,
+    "export": cmd_export,
+    "health": cmd_health,
+    "verify": cmd_verify,
+    "repair": cmd_repair,
+    "decisions": cmd_decisions,
+    "summary": cmd_summary,
+    "register": cmd_register,
+    "checkpoint": cmd_checkpoint,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except ConfigurationError as error:
+        print(f"slashing-sidecar: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except SidecarError as error:
+        print(f"slashing-sidecar: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("slashing-sidecar: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception as error:  # the promise is one line, never a traceback; the type helps a bug report
+        print(f"slashing-sidecar: error: unexpected {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILED

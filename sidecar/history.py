@@ -1,0 +1,449 @@
+"""One validator's signing history, held in memory and indexed for the rules.
+
+A `ValidatorHistory` is plain data plus the operations that change it. It knows nothing of files, locks or
+time; the store owns it and changes it only inside its critical section.
+
+Blocks are a dict slot -> signing root (`None` = unknown). Attestations are parallel arrays sorted by
+(target epoch, source epoch), with two derived indexes that answer the surround questions by binary search:
+
+* `prefix_max_source[i]` = the highest source epoch among entries 0..i. A candidate (s, t) surrounds a recorded
+  vote iff some entry with target < t has source > s, i.e. iff `prefix_max_source[lo - 1] > s` where `lo` is the
+  first entry with target >= t.
+* `suffix_min_source[i]` = the lowest source epoch among entries i..n-1. A candidate is surrounded by a recorded
+  vote iff some entry with target > t has source < s, i.e. iff `suffix_min_source[hi] < s` where `hi` is the first
+  entry with target > t.
+
+In a history the rules built, sources never decrease along targets (a decrease *is* a surround), so appends
+touch O(1) index entries. Imported data in the complete strategy may be slashable (two votes at one target, a
+surround); it is kept as it is, which only ever refuses more, and the indexes stay exact.
+
+Floors are lower bounds raised by pruning, repair or nothing at all (their defaults refuse nothing): a block needs
+slot > `slot_floor`; an attestation needs source >= `source_epoch_floor` and target > `target_epoch_floor`.
+
+Pruning (see `prune`) drops records older than a window and raises the floors to the highest pruned slot, source
+and target. That only ever adds refusals: a candidate that passes the raised floors has source >= every pruned
+source (so it cannot surround a pruned vote, which needs a smaller source), target > every pruned target (so it
+can neither double-vote with nor be surrounded by a pruned vote, which need a target at or above it), and slot >
+every pruned slot. Every rule that refused it against the pruned record refuses it against the floor.
+"""
+
+from __future__ import annotations
+
+import enum
+from array import array
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from itertools import accumulate
+
+__all__ = [
+    "EPOCH_FLOOR_NONE",
+    "SLOT_FLOOR_NONE",
+    "SOURCE_FLOOR_NONE",
+    "MergeOutcome",
+    "ValidatorHistory",
+]
+
+ROOT_SIZE = 32
+_ZERO_ROOT = bytes(ROOT_SIZE)
+
+# Floor values that refuse nothing (slots and epochs are unsigned).
+SLOT_FLOOR_NONE = -1
+EPOCH_FLOOR_NONE = -1  # target floor: refuse target <= floor
+SOURCE_FLOOR_NONE = 0  # source floor: refuse source < floor
+
+# Pruning runs when the oldest record is this many epochs older than the window allows, so that it happens once
+# per PRUNE_SLACK_EPOCHS appends rather than on every one.
+PRUNE_SLACK_EPOCHS = 16
+SLOTS_PER_EPOCH = 32
+
+
+class MergeOutcome(enum.IntEnum):
+    """What adding one record to a history did."""
+
+    UNCHANGED = 0  # the identical record was already there
+    ADDED = 1  # a new record, conflicting with nothing
+    CONFLICT = 2  # recorded, but it conflicts with history (double proposal/vote or surround)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedAttestation:
+    source_epoch: int
+    target_epoch: int
+    signing_root: bytes | None
+
+
+class ValidatorHistory:
+    """Blocks and attestations of one validator, with floors and decision counters."""
+
+    __slots__ = (
+        "_lowest_slot",
+        "_prefix_max_source",
+        "_root_known",
+        "_roots",
+        "_suffix_min_source",
+        "allowed_count",
+        "applied_sequence",
+        "blocks",
+        "last_decision",
+        "last_decision_sequence",
+        "refused_count",
+        "slot_floor",
+        "source_epoch_floor",
+        "sources",
+        "target_epoch_floor",
+        "targets",
+    )
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytes | None] = {}
+        self._lowest_slot: int | None = None
+        self.targets: array[int] = array("Q")
+        self.sources: array[int] = array("Q")
+        self._prefix_max_source: array[int] = array("Q")
+        self._suffix_min_source: array[int] = array("Q")
+        self._roots = bytearray()
+        self._root_known = bytearray()
+        self.slot_floor = SLOT_FLOOR_NONE
+        self.source_epoch_floor = SOURCE_FLOOR_NONE
+        self.target_epoch_floor = EPOCH_FLOOR_NONE
+        self.allowed_count = 0
+        self.refused_count = 0
+        # Sequence number of the newest log record applied to this history; replay skips records at or below it,
+        # which is what lets a checkpoint be taken validator by validator while signing goes on.
+        self.applied_sequence = 0
+        # The payload of the newest decision record (opaque to this module), for the operator's summary.
+        self.last_decision: bytes | None = None
+        self.last_decision_sequence = 0
+
+    # ---------------------------------------------------------------- queries used by the rules
+
+    def slot_lower_bound(self) -> int | None:
+        """Highest slot that may not be signed anew, or None when any slot may."""
+        bound = self.slot_floor
+        if self._lowest_slot is not None and self._lowest_slot > bound:
+            bound = self._lowest_slot
+        return None if bound == SLOT_FLOOR_NONE else bound
+
+    def source_epoch_lower_bound(self) -> int | None:
+        """Lowest source epoch that may be signed, or None when there is no bound."""
+        bound = self.source_epoch_floor
+        if self.targets and self._suffix_min_source[0] > bound:
+            bound = self._suffix_min_source[0]
+        return None if bound == SOURCE_FLOOR_NONE else bound
+
+    def target_epoch_lower_bound(self) -> int | None:
+        """Highest target epoch that may not be signed anew, or None when there is no bound."""
+        bound = self.target_epoch_floor
+        if self.targets and self.targets[0] > bound:
+            bound = self.targets[0]
+        return None if bound == EPOCH_FLOOR_NONE else bound
+
+    def attestations_at_target(self, target_epoch: int) -> list[tuple[int, bytes | None]]:
+        """(source epoch, signing root) of every recorded attestation with this target epoch."""
+        targets = self.targets
+        if not targets or target_epoch > targets[-1]:
+            return []
+        lo = bisect_left(targets, target_epoch)
+        hi = bisect_right(targets, target_epoch, lo)
+        return [(self.sources[i], self._root_at(i)) for i in range(lo, hi)]
+
+    def recorded_vote_surrounded_by(self, source_epoch: int, target_epoch: int) -> tuple[int, int] | None:
+        """A recorded (source, target) that the candidate would surround, if there is one."""
+        targets = self.targets
+        lo = len(targets) if not targets or target_epoch > targets[-1] else bisect_left(targets, target_epoch)
+        if lo == 0 or self._prefix_max_source[lo - 1] <= source_epoch:
+            return None
+        # prefix maxima never decrease, so the first entry whose prefix maximum exceeds the source is an entry
+        # whose own source does.
+        i = bisect_right(self._prefix_max_source, source_epoch, 0, lo)
+        return self.sources[i], targets[i]
+
+    def recorded_vote_surrounding(self, source_epoch: int, target_epoch: int) -> tuple[int, int] | None:
+        """A recorded (source, target) that would surround the candidate, if there is one."""
+        targets = self.targets
+        if not targets or target_epoch >= targets[-1]:
+            return None
+        hi = bisect_right(targets, target_epoch)
+        if self._suffix_min_source[hi] >= source_epoch:
+            return None
+        # suffix minima never decrease either: the last entry whose suffix minimum is below the source holds it.
+        i = bisect_left(self._suffix_min_source, source_epoch, hi) - 1
+        return self.sources[i], targets[i]
+
+    def _root_at(self, index: int) -> bytes | None:
+        if not self._root_known[index]:
+            return None
+        offset = index * ROOT_SIZE
+        return bytes(self._roots[offset : offset + ROOT_SIZE])
+
+    # ---------------------------------------------------------------- facts for summaries and export
+
+    @property
+    def attestation_count(self) -> int:
+        return len(self.targets)
+
+    @property
+    def lowest_slot(self) -> int | None:
+        return self._lowest_slot
+
+    @property
+    def highest_slot(self) -> int | None:
+        return max(self.blocks) if self.blocks else None
+
+    @property
+    def highest_source_epoch(self) -> int | None:
+        return self._prefix_max_source[-1] if self.targets else None
+
+    @property
+    def lowest_source_epoch(self) -> int | None:
+        return self._suffix_min_source[0] if self.targets else None
+
+    def attestations(self) -> list[ExportedAttestation]:
+        """Every recorded attestation, ordered by (target, source)."""
+        return [
+            ExportedAttestation(self.sources[i], self.targets[i], self._root_at(i))
+            for i in range(len(self.targets))
+        ]
+
+    def root_arrays(self) -> tuple[bytearray, bytearray]:
+        """Attestation roots (32 bytes each) and their known flags, aligned with `targets` (for checkpoints)."""
+        return self._roots, self._root_known
+
+    # ---------------------------------------------------------------- changes
+
+    def load_attestation_arrays(
+        self, targets: array[int], sources: array[int], roots: bytearray, root_known: bytearray
+    ) -> None:
+        """Replaces the attestations with arrays read from a checkpoint and rebuilds the indexes.
+
+        Raises ValueError when the arrays are not aligned or not ordered by (target, source): a checkpoint that
+        passed its checksum but breaks the invariants the rules rely on must not be served.
+        """
+        n = len(targets)
+        if len(sources) != n or len(root_known) != n or len(roots) != n * ROOT_SIZE:
+            raise ValueError("attestation arrays of different lengths")
+        for i in range(1, n):
+            if (targets[i - 1], sources[i - 1]) > (targets[i], sources[i]):
+                raise ValueError(f"attestations out of order at index {i}")
+        self.targets = targets
+        self.sources = sources
+        self._roots = roots
+        self._root_known = root_known
+        self._prefix_max_source = array("Q", accumulate(sources, max))
+        suffix = array("Q", accumulate(reversed(sources), min))
+        suffix.reverse()
+        self._suffix_min_source = suffix
+
+    def add_block(self, slot: int, signing_root: bytes | None) -> MergeOutcome:
+        """Records a block. A second, different block at a recorded slot makes that slot's root unknown."""
+        blocks = self.blocks
+        if slot in blocks:
+            recorded = blocks[slot]
+            if recorded is not None and recorded == signing_root:
+                return MergeOutcome.UNCHANGED
+            if recorded is None:
+                # Already unknown: nothing at this slot can be signed again, whatever we add.
+                return MergeOutcome.UNCHANGED
+            blocks[slot] = None
+            return MergeOutcome.CONFLICT
+        blocks[slot] = signing_root
+        outcome = MergeOutcome.ADDED
+        if self._lowest_slot is None or slot < self._lowest_slot:
+            self._lowest_slot = slot
+        if slot <= self.slot_floor:
+            outcome = MergeOutcome.CONFLICT
+        return outcome
+
+    def add_attestation(self, source_epoch: int, target_epoch: int, signing_root: bytes | None) -> MergeOutcome:
+        """Records an attestation, keeping the indexes exact.
+
+        An identical record (same source, target and known root) changes nothing. A record at a recorded target
+        with the same source but another or unknown root makes that entry's root unknown. A record at a recorded
+        target with another source is kept beside it, so every later vote at that target is a double vote.
+        """
+        targets = self.targets
+        n = len(targets)
+        if n == 0 or target_epoch > targets[-1]:
+            self._append_attestation(source_epoch, target_epoch, signing_root)
+            return (
+                MergeOutcome.CONFLICT
+                if source_epoch > target_epoch
+                else self._bound_outcome(source_epoch, target_epoch, n)
+            )
+        lo = bisect_left(targets, target_epoch)
+        hi = bisect_right(targets, target_epoch, lo)
+        for i in range(lo, hi):
+            if self.sources[i] == source_epoch:
+                known = self._root_known[i]
+                if known and signing_root is not None and self._root_at(i) == signing_root:
+                    return MergeOutcome.UNCHANGED
+                if not known:
+                    return MergeOutcome.UNCHANGED
+                self._root_known[i] = 0
+                return MergeOutcome.CONFLICT
+        conflict = (
+            hi > lo
+            or source_epoch > target_epoch
+            or self.recorded_vote_surrounded_by(source_epoch, target_epoch) is not None
+            or self.recorded_vote_surrounding(source_epoch, target_epoch) is not None
+        )
+        # Keep entries ordered by (target, source) so exports are canonical.
+        index = lo + bisect_left(self.sources[lo:hi], source_epoch) if hi > lo else lo
+        self._insert_attestation(index, source_epoch, target_epoch, signing_root)
+        if conflict:
+            return MergeOutcome.CONFLICT
+        return MergeOutcome.ADDED
+
+    def _bound_outcome(self, source_epoch: int, target_epoch: int, previous_count: int) -> MergeOutcome:
+        # An appended vote (target above all others) is slashable only by surrounding an earlier one.
+        if previous_count and self._prefix_max_source[previous_count - 1] > source_epoch:
+            return MergeOutcome.CONFLICT
+        if source_epoch < self.source_epoch_floor or target_epoch <= self.target_epoch_floor:
+            return MergeOutcome.CONFLICT
+        return MergeOutcome.ADDED
+
+    def _append_attestation(self, source_epoch: int, target_epoch: int, signing_root: bytes | None) -> None:
+        prefix = self._prefix_max_source
+        suffix = self._suffix_min_source
+        self.targets.append(target_epoch)
+        self.sources.append(source_epoch)
+        prefix.append(source_epoch if not prefix or prefix[-1] < source_epoch else prefix[-1])
+        suffix.append(source_epoch)
+        # Suffix minima before the new entry drop to its source where they were higher (a surround); in a history
+        # the rules built this loop exits at once.
+        j = len(suffix) - 2
+        while j >= 0 and suffix[j] > source_epoch:
+            suffix[j] = source_epoch
+            j -= 1
+        self._roots += _ZERO_ROOT if signing_root is None else signing_root
+        self._root_known.append(0 if signing_root is None else 1)
+
+    def _insert_attestation(
+        self, index: int, source_epoch: int, target_epoch: int, signing_root: bytes | None
+    ) -> None:
+        prefix = self._prefix_max_source
+        suffix = self._suffix_min_source
+        self.targets.insert(index, target_epoch)
+        self.sources.insert(index, source_epoch)
+        before = prefix[index - 1] if index > 0 else source_epoch
+        maximum = before if before > source_epoch else source_epoch
+        prefix.insert(index, maximum)
+        j = index + 1
+        while j < len(prefix) and prefix[j] < maximum:
+            prefix[j] = maximum
+            j += 1
+        after = suffix[index] if index < len(suffix) else source_epoch
+        minimum = after if after < source_epoch else source_epoch
+        suffix.insert(index, minimum)
+        j = index - 1
+        while j >= 0 and suffix[j] > minimum:
+            suffix[j] = minimum
+            j -= 1
+        offset = index * ROOT_SIZE
+        self._roots[offset:offset] = _ZERO_ROOT if signing_root is None else signing_root
+        self._root_known.insert(index, 0 if signing_root is None else 1)
+
+    def raise_floors(self, slot_floor: int, source_epoch_floor: int, target_epoch_floor: int) -> None:
+        """Raises the floors (never lowers them): used by pruning, repair and checkpoint loading."""
+        self.slot_floor = max(self.slot_floor, slot_floor)
+        self.source_epoch_floor = max(self.source_epoch_floor, source_epoch_floor)
+        self.target_epoch_floor = max(self.target_epoch_floor, target_epoch_floor)
+
+    def prune(self, window_epochs: int) -> bool:
+        """Drops records more than `window_epochs` behind the newest one, raising the floors (see module doc).
+
+        Returns whether anything was dropped.
+        """
+        pruned_attestations = self.prune_attestations(window_epochs)
+        return self.prune_blocks(window_epochs) or pruned_attestations
+
+    def prune_attestations(self, window_epochs: int) -> bool:
+        """Attestation half of `prune`. Cheap enough to call after every append: it does nothing until the
+        oldest record is PRUNE_SLACK_EPOCHS beyond the window, so the work is amortized.
+        """
+        targets = self.targets
+        if not targets or targets[0] + window_epochs + PRUNE_SLACK_EPOCHS >= targets[-1]:
+            return False
+        cut = bisect_left(targets, targets[-1] - window_epochs)
+        self.raise_floors(SLOT_FLOOR_NONE, self._prefix_max_source[cut - 1], targets[cut - 1])
+        del targets[:cut]
+        del self.sources[:cut]
+        del self._suffix_min_source[:cut]
+        del self._roots[: cut * ROOT_SIZE]
+        del self._root_known[:cut]
+        self._prefix_max_source = array("Q", accumulate(self.sources, max))
+        return True
+
+    def prune_blocks(self, window_epochs: int) -> bool:
+        """Block half of `prune`, with the same slack."""
+        lowest = self._lowest_slot
+        if lowest is None:
+            return False
+        highest = max(self.blocks)
+        window_slots = window_epochs * SLOTS_PER_EPOCH
+        if lowest + window_slots + PRUNE_SLACK_EPOCHS * SLOTS_PER_EPOCH >= highest:
+            return False
+        keep_from = highest - window_slots
+        dropped = [slot for slot in self.blocks if slot < keep_from]
+        for slot in dropped:
+            del self.blocks[slot]
+        self.raise_floors(max(dropped), SOURCE_FLOOR_NONE, EPOCH_FLOOR_NONE)
+        self._lowest_slot = min(self.blocks)
+        return True
+
+    def minify(self) -> None:
+        """Reduces the history to one block at the highest slot and one attestation at the highest source and
+        target, all with unknown roots: the "minimal" strategy. Refuses at least everything the full history did.
+        """
+        if self.blocks:
+            highest = max(self.blocks)
+            self.blocks = {highest: None}
+            self._lowest_slot = highest
+        if self.targets:
+            source = self._prefix_max_source[-1]
+            target = self.targets[-1]
+            self.targets = array("Q", [target])
+            self.sources = array("Q", [source])
+            self._prefix_max_source = array("Q", [source])
+            self._suffix_min_source = array("Q", [source])
+            self._roots = bytearray(_ZERO_ROOT)
+            self._root_known = bytearray(1)
+
+    # ---------------------------------------------------------------- interchange export
+
+    def export_blocks(self) -> list[tuple[int, bytes | None]]:
+        """Blocks for an EIP-3076 export, sorted by slot, carrying the slot floor.
+
+        Records at or below the floor are replaced by one block at the floor with an unknown root, so that an
+        importer derives a lower bound at least as high as ours.
+        """
+        floor = self.slot_floor
+        if floor == SLOT_FLOOR_NONE or (self._lowest_slot is not None and self._lowest_slot > floor):
+            return sorted(self.blocks.items())
+        kept = sorted((slot, root) for slot, root in self.blocks.items() if slot > floor)
+        return kept if kept else [(floor, None)]
+
+    def export_attestations(self) -> tuple[list[ExportedAttestation], bool]:
+        """Attestations for an EIP-3076 export, and whether they had to be minified to carry the floors.
+
+        EIP-3076 has no field for a floor: an importer derives its bounds from the records. Records at or below
+        both floors protect nothing beyond them and are dropped; if the rest all lie above both floors, the
+        importer's bounds equal ours. Otherwise (a record older than one floor but not the other) the only safe
+        encoding is one attestation at the highest source and target with an unknown root.
+        """
+        source_floor = self.source_epoch_floor
+        target_floor = self.target_epoch_floor
+        records = self.attestations()
+        if source_floor == SOURCE_FLOOR_NONE and target_floor == EPOCH_FLOOR_NONE:
+            return records, False
+        kept = []
+        for record in records:
+            if record.target_epoch > target_floor and record.source_epoch >= source_floor:
+                kept.append(record)
+            elif not (record.target_epoch <= target_floor and record.source_epoch <= source_floor):
+                highest_source = max(source_floor, self._prefix_max_source[-1])
+                highest_target = max(target_floor, self.targets[-1])
+                return [ExportedAttestation(highest_source, highest_target, None)], True
+        if kept:
+            return kept, False
+        return [ExportedAttestation(max(source_floor, 0), max(target_floor, 0), None)], False

@@ -1,0 +1,328 @@
+"""The server's lifecycle: bind, recover, serve, checkpoint on a schedule, drain and close.
+
+Order of events, and why:
+
+1. The gRPC server starts first with health NOT_SERVING and every signing call answered UNAVAILABLE, so probes
+   and clients see "not ready" rather than a refused connection while recovery runs.
+2. Recovery (lock, identity, checkpoint, log replay) runs in a worker thread; on success the health service goes
+   SERVING. On failure the server stops and `run` raises the error (the CLI prints it as one line).
+3. A durability failure of the log flips health to NOT_SERVING and refuses signing until the log heals.
+4. Shutdown (SIGTERM/SIGINT or `stop`): NOT_SERVING, stop taking calls, let calls in flight finish within the
+   grace period, make the log durable, write a final checkpoint, release the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from sidecar import __version__
+from sidecar.errors import ConfigurationError
+from sidecar.metrics import Metrics
+from sidecar.metrics_http import MetricsHttpServer
+from sidecar.service import AdminServicer, Durability, InterchangeServicer, SigningServicer, StoreHolder
+from sidecar.storage import FileOps
+from sidecar.store import DEFAULT_HISTORY_WINDOW_EPOCHS, CheckpointInfo, Store, StoreOptions, Strategy
+from slashing_protection.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    interchange_pb2,
+    interchange_pb2_grpc,
+    signing_pb2,
+    signing_pb2_grpc,
+)
+
+__all__ = ["ServeConfig", "SidecarServer", "run"]
+
+log = logging.getLogger("sidecar.server")
+
+SIGNING_SERVICE = signing_pb2.DESCRIPTOR.services_by_name["SlashingProtectionService"].full_name
+HEALTH_SERVICES = ("", SIGNING_SERVICE)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    data_dir: Path
+    genesis_validators_root: bytes | None = None
+    listen: str = "127.0.0.1:50051"
+    strategy: Strategy = Strategy.COMPLETE
+    checkpoint_interval: float = 300.0
+    checkpoint_keep: int = 3
+    history_window_epochs: int | None = DEFAULT_HISTORY_WINDOW_EPOCHS
+    segment_bytes: int = 64 * 1024 * 1024
+    archive_segments: bool = False
+    metrics_listen: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure_listen: bool = False
+    max_concurrent_rpcs: int | None = None
+    shutdown_grace: float = 20.0
+    fileops: FileOps = field(default_factory=FileOps)
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen_security(config: ServeConfig) -> None:
+    """Plaintext only on loopback, unless the operator says --insecure-listen."""
+    if ":" not in config.listen:
+        raise ConfigurationError(f"--listen {config.listen!r} must be HOST:PORT")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigurationError("--tls-client-ca needs --tls-cert and --tls-key")
+    if config.tls_cert is None and not _is_loopback(config.listen) and not config.insecure_listen:
+        raise ConfigurationError(
+            f"refusing to listen in plaintext on {config.listen}, which is not a loopback address: "
+            "give --tls-cert/--tls-key, or --insecure-listen if the network is private"
+        )
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {what} {path}: {error.strerror}") from error
+
+
+class SidecarServer:
+    """One sidecar: gRPC server, store, checkpoint schedule and optional metrics endpoint."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        check_listen_security(config)
+        self.config = config
+        self.metrics = Metrics()
+        self.holder = StoreHolder()
+        self.port = 0
+        self._server: aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._metrics_http: MetricsHttpServer | None = None
+        self._serving = False
+        self._health_update: asyncio.Future[None] | None = None
+        self._started_unix = time.time()
+        self.ready = asyncio.Event()
+        self.failed: BaseException | None = None
+
+    # ---------------------------------------------------------------- start
+
+    async def start(self) -> int:
+        """Binds and starts serving (NOT_SERVING until recovered); returns the bound port."""
+        config = self.config
+        self._loop = asyncio.get_running_loop()
+        server = aio.server(
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            options=[("grpc.so_reuseport", 0)],
+        )
+        durability = Durability(self._loop)
+        signing_pb2_grpc.add_SlashingProtectionServiceServicer_to_server(
+            SigningServicer(self.holder, self.metrics, durability), server
+        )
+        interchange_pb2_grpc.add_InterchangeServiceServicer_to_server(
+            InterchangeServicer(self.holder, self.metrics), server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.holder, durability, self.save_checkpoint), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        service_names = (
+            SIGNING_SERVICE,
+            interchange_pb2.DESCRIPTOR.services_by_name["InterchangeService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(service_names, server)
+        for service in HEALTH_SERVICES:
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if config.tls_cert is not None and config.tls_key is not None:
+            client_ca = _read(config.tls_client_ca, "TLS client CA") if config.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(_read(config.tls_key, "TLS key"), _read(config.tls_cert, "TLS certificate"))],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+        if port == 0:
+            raise ConfigurationError(f"cannot listen on {config.listen}")
+        await server.start()
+        self._server = server
+        self.port = port
+        if config.metrics_listen:
+            self._metrics_http = MetricsHttpServer(
+                config.metrics_listen, self.metrics.registry, ready=lambda: self._serving
+            )
+            self._metrics_http.start()
+        host = config.listen.rsplit(":", 1)[0]
+        log.info("serving on %s:%d (not ready until recovery finishes)", host, port)
+        return port
+
+    async def recover(self) -> None:
+        """Opens the store in a worker thread; SERVING when done. Raises what recovery raised."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        options = StoreOptions(
+            strategy=config.strategy,
+            history_window_epochs=config.history_window_epochs,
+            segment_bytes=config.segment_bytes,
+            checkpoint_keep=config.checkpoint_keep,
+            archive_segments=config.archive_segments,
+            fileops=config.fileops,
+            on_health_change=lambda healthy: loop.call_soon_threadsafe(self._on_log_health, healthy),
+            on_fsync=self.metrics.observe_fsync,
+        )
+        try:
+            store = await asyncio.to_thread(
+                Store.open_or_create, config.data_dir, config.genesis_validators_root, options
+            )
+        except BaseException as error:
+            self.failed = error
+            self.ready.set()
+            raise
+        self.holder.store = store
+        self.holder.accepting = True
+        recovery = store.recovery
+        assert recovery is not None
+        self.metrics.bind_state(
+            lambda: store.validator_count, lambda: store.last_checkpoint_unix, self._started_unix
+        )
+        self.metrics.recovery_seconds.set(recovery.seconds)
+        self.metrics.replayed_records.set(recovery.replayed_records)
+        self.metrics.log_healthy.set(1)
+        await self._set_serving(True)
+        log.info(
+            "ready: version %s, data directory %s, genesis validators root 0x%s, strategy %s, %d validators "
+            "loaded, checkpoint at sequence %d, %d log records replayed%s, recovery took %.3f s",
+            __version__,
+            config.data_dir,
+            store.genesis_validators_root.hex(),
+            config.strategy.value,
+            recovery.validators,
+            recovery.checkpoint_sequence,
+            recovery.replayed_records,
+            " (torn tail repaired)" if recovery.repaired_torn_tail else "",
+            recovery.seconds,
+            extra={
+                "version": __version__,
+                "data_dir": str(config.data_dir),
+                "validators": recovery.validators,
+                "recovery_seconds": round(recovery.seconds, 6),
+                "strategy": config.strategy.value,
+            },
+        )
+        if config.checkpoint_interval > 0:
+            self._checkpoint_task = asyncio.create_task(self._checkpoint_loop())
+        self.ready.set()
+
+    async def _set_serving(self, serving: bool) -> None:
+        self._serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in HEALTH_SERVICES:
+            await self._health.set(service, status)
+
+    def _on_log_health(self, healthy: bool) -> None:
+        self.holder.log_healthy = healthy
+        self.metrics.log_healthy.set(1 if healthy else 0)
+        if healthy:
+            log.warning("decision log is durable again: serving")
+        else:
+            log.error("decision log cannot be made durable: refusing every signing request until it recovers")
+        if self.holder.accepting:
+            self._health_update = asyncio.ensure_future(self._set_serving(healthy))
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> CheckpointInfo:
+        """Blocking: call from a worker thread."""
+        store = self.holder.require()
+        info = store.save_checkpoint()
+        self.metrics.checkpoint_seconds.observe(info.seconds)
+        log.info(
+            "checkpoint %s: %d validators up to sequence %d in %.3f s",
+            info.path.name,
+            info.validators,
+            info.sequence,
+            info.seconds,
+        )
+        return info
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval)
+            try:
+                await asyncio.to_thread(self.save_checkpoint)
+            except Exception as error:  # a failed checkpoint is retried next time; the log still holds everything
+                log.error("scheduled checkpoint failed: %s", error)
+
+    # ---------------------------------------------------------------- stop
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown (see module doc). Safe to call more than once."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        if self._serving or self.holder.accepting:
+            log.info("shutting down: draining calls in flight (grace %.1f s)", grace)
+        await self._set_serving(False)
+        self.holder.accepting = False
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+            self._checkpoint_task = None
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        store, self.holder.store = self.holder.store, None
+        if store is not None:
+            await asyncio.to_thread(store.close)
+            log.info("log durable, final checkpoint written, data directory released")
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
+            self._metrics_http = None
+
+
+async def run(config: ServeConfig, on_ready: Callable[[SidecarServer], Any] | None = None) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully. Raises if recovery fails."""
+    server = SidecarServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        try:
+            await server.recover()
+        except BaseException:
+            await server.stop(grace=0)
+            raise
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    await server.stop()

@@ -1,0 +1,562 @@
+"""The gRPC servicers (grpc.aio): requests in, store calls, decisions out.
+
+Everything on the signing path runs on the event loop thread: validation, the store's check-and-record (a few
+microseconds under the store lock, no I/O) and building the reply. The only wait is for the log's group commit,
+bridged from the flusher thread into an asyncio future; refusals do not wait for it (the contract lets them ride
+the next flush), batches always do.
+
+Domain errors become statuses in exactly one place, `_status_for`; anything unexpected becomes UNAVAILABLE,
+i.e. "do not sign".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+from grpc import aio
+
+from sidecar.errors import (
+    GenesisRootMismatchError,
+    ImportRefusedError,
+    InvalidRequestError,
+    NotReadyError,
+    UnknownValidatorError,
+)
+from sidecar.metrics import Metrics
+from sidecar.rules import Decision
+from sidecar.storage import LogUnavailableError, StorageError
+from sidecar.store import AttestationRequest, Store
+from slashing_protection.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    interchange_pb2,
+    interchange_pb2_grpc,
+    signing_pb2,
+    signing_pb2_grpc,
+)
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "AdminServicer",
+    "Durability",
+    "InterchangeServicer",
+    "SigningServicer",
+    "StoreHolder",
+    "decision_record_message",
+]
+
+log = logging.getLogger("sidecar.service")
+refusals = logging.getLogger("sidecar.refusals")
+
+PUBKEY_SIZE = 48
+ROOT_SIZE = 32
+U64_MAX = 2**64 - 1
+# Largest batch accepted: a 1,000,000-validator network's slot (31,250 attestations) fits several times over in
+# batches, and a batch this size still answers within a few milliseconds.
+MAX_BATCH_SIZE = 10_000
+EXPORT_CHUNK_BYTES = 256 * 1024
+
+_VERDICT_ALLOWED = signing_pb2.VERDICT_ALLOWED
+_VERDICT_REFUSED = signing_pb2.VERDICT_REFUSED
+_SigningDecision = signing_pb2.SigningDecision
+
+
+class StoreHolder:
+    """The store once recovered, and whether the server takes signing calls. One per server.
+
+    `ready` is False during recovery, after a durability failure (until the log heals) and from the start of
+    shutdown: every signing call is then refused with UNAVAILABLE.
+    """
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.accepting = False
+        self.log_healthy = True
+
+    @property
+    def ready(self) -> bool:
+        return self.store is not None and self.accepting and self.log_healthy
+
+    def require(self) -> Store:
+        store = self.store
+        if store is None:
+            raise NotReadyError("not ready: recovery has not finished")
+        if not self.accepting:
+            raise NotReadyError("not ready: shutting down")
+        if not self.log_healthy:
+            raise NotReadyError("not ready: the decision log cannot be made durable (disk full or I/O error)")
+        return store
+
+
+def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, InvalidRequestError | ImportRefusedError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, GenesisRootMismatchError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    if isinstance(error, UnknownValidatorError):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, NotReadyError):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, LogUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE, f"do not sign: the decision could not be made durable ({error})"
+    if isinstance(error, StorageError):
+        return grpc.StatusCode.UNAVAILABLE, f"do not sign: storage error ({error})"
+    return grpc.StatusCode.UNAVAILABLE, f"do not sign: internal error ({type(error).__name__})"
+
+
+async def _abort(context: aio.ServicerContext[Any, Any], error: BaseException) -> NoReturn:
+    code, message = _status_for(error)
+    if code is grpc.StatusCode.UNAVAILABLE and not isinstance(error, NotReadyError | LogUnavailableError):
+        log.error("refusing a call on an unexpected error", exc_info=error)
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+def _check_bytes(value: bytes, size: int, field: str) -> None:
+    if len(value) != size:
+        raise InvalidRequestError(f"{field} must be {size} bytes, got {len(value)}")
+
+
+class Durability:
+    """Turns the log's flusher-thread callbacks into awaitables on one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def wait(self, store: Store, sequence: int) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._loop.create_future()
+        if store.log.durable_sequence >= sequence:
+            future.set_result(None)
+            return future
+        call_soon = self._loop.call_soon_threadsafe
+
+        def resolved(error: BaseException | None) -> None:
+            call_soon(_settle, future, error)
+
+        store.log.add_durable_callback(sequence, resolved)
+        return future
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _log_refusal(kind: str, pubkey: bytes, detail: str, decision: Decision) -> None:
+    refusals.warning(
+        "refused %s for 0x%s (%s): %s",
+        kind,
+        pubkey.hex(),
+        detail,
+        decision.message,
+        extra={"pubkey": "0x" + pubkey.hex(), "reason": decision.reason.name, "kind": kind},
+    )
+
+
+class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
+    def __init__(self, holder: StoreHolder, metrics: Metrics, durability: Durability) -> None:
+        self._holder = holder
+        self._metrics = metrics
+        self._durability = durability
+        self._tally = metrics.decision_tally
+        self._observe = metrics.decision_seconds.observe
+
+    def _store_for(self, genesis_validators_root: bytes) -> Store:
+        store = self._holder.require()
+        _check_bytes(genesis_validators_root, ROOT_SIZE, "genesis_validators_root")
+        if genesis_validators_root != store.genesis_validators_root:
+            raise GenesisRootMismatchError(
+                f"genesis_validators_root 0x{genesis_validators_root.hex()} differs from the database's "
+                f"0x{store.genesis_validators_root.hex()}"
+            )
+        return store
+
+    @staticmethod
+    def _check_deadline(context: aio.ServicerContext[Any, Any]) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # Decided nothing, recorded nothing: the caller has given up and will not sign.
+            raise NotReadyError("deadline expired before a decision was made")
+
+    async def CheckAndRecordBlock(
+        self, request: signing_pb2.CheckAndRecordBlockRequest, context: aio.ServicerContext[Any, Any]
+    ) -> signing_pb2.CheckAndRecordBlockResponse:
+        started = time.perf_counter()
+        try:
+            _check_bytes(request.pubkey, PUBKEY_SIZE, "pubkey")
+            _check_bytes(request.signing_root, ROOT_SIZE, "signing_root")
+            store = self._store_for(request.genesis_validators_root)
+            self._check_deadline(context)
+            decision, sequence = store.check_and_record_block(request.pubkey, request.slot, request.signing_root)
+            self._tally["block", decision.reason] += 1
+            if decision.allowed:
+                await self._durability.wait(store, sequence)
+            else:
+                _log_refusal("block", request.pubkey, f"slot {request.slot}", decision)
+        except Exception as error:  # every failure is "do not sign"
+            await _abort(context, error)
+        response = signing_pb2.CheckAndRecordBlockResponse(
+            decision=_SigningDecision(
+                verdict=_VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED,
+                reason=decision.reason,
+                message=decision.message,
+                sequence=sequence,
+            )
+        )
+        self._observe(time.perf_counter() - started)
+        return response
+
+    async def CheckAndRecordAttestation(
+        self, request: signing_pb2.CheckAndRecordAttestationRequest, context: aio.ServicerContext[Any, Any]
+    ) -> signing_pb2.CheckAndRecordAttestationResponse:
+        started = time.perf_counter()
+        try:
+            item = self._attestation(request, "")
+            store = self._store_for(request.genesis_validators_root)
+            self._check_deadline(context)
+            ((decision, sequence),) = store.check_and_record_attestations([item])
+            self._tally["attestation", decision.reason] += 1
+            if decision.allowed:
+                await self._durability.wait(store, sequence)
+            else:
+                _log_refusal(
+                    "attestation", item.pubkey, f"source {item.source_epoch}, target {item.target_epoch}", decision
+                )
+        except Exception as error:
+            await _abort(context, error)
+        response = signing_pb2.CheckAndRecordAttestationResponse(
+            decision=_SigningDecision(
+                verdict=_VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED,
+                reason=decision.reason,
+                message=decision.message,
+                sequence=sequence,
+            )
+        )
+        self._observe(time.perf_counter() - started)
+        return response
+
+    @staticmethod
+    def _attestation(request: signing_pb2.CheckAndRecordAttestationRequest, where: str) -> AttestationRequest:
+        if len(request.pubkey) != PUBKEY_SIZE:
+            raise InvalidRequestError(f"{where}pubkey must be {PUBKEY_SIZE} bytes, got {len(request.pubkey)}")
+        if len(request.signing_root) != ROOT_SIZE:
+            raise InvalidRequestError(
+                f"{where}signing_root must be {ROOT_SIZE} bytes, got {len(request.signing_root)}"
+            )
+        return AttestationRequest(request.pubkey, request.source_epoch, request.target_epoch, request.signing_root)
+
+    async def CheckAndRecordAttestations(
+        self, request: signing_pb2.CheckAndRecordAttestationsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> signing_pb2.CheckAndRecordAttestationsResponse:
+        started = time.perf_counter()
+        try:
+            items = request.attestations
+            count = len(items)
+            if count == 0:
+                raise InvalidRequestError("attestations must not be empty")
+            if count > MAX_BATCH_SIZE:
+                raise InvalidRequestError(f"batch of {count} attestations exceeds the cap of {MAX_BATCH_SIZE}")
+            store = self._holder.require()
+            root = store.genesis_validators_root
+            batch = []
+            for index, item in enumerate(items):
+                batch.append(self._attestation(item, f"attestations[{index}]."))
+                if item.genesis_validators_root != root:
+                    self._store_for(item.genesis_validators_root)  # raises the precise error
+            if len({a.pubkey for a in batch}) != count:
+                raise InvalidRequestError("a batch may not name one pubkey twice")
+            self._check_deadline(context)
+            decided = store.check_and_record_attestations(batch)
+            await self._durability.wait(store, decided[-1][1])
+        except Exception as error:
+            await _abort(context, error)
+        tally = self._tally
+        decisions = []
+        for item, (decision, sequence) in zip(batch, decided, strict=True):
+            allowed = decision.allowed
+            tally["attestation", decision.reason] += 1
+            if not allowed:
+                _log_refusal(
+                    "attestation", item.pubkey, f"source {item.source_epoch}, target {item.target_epoch}", decision
+                )
+            decisions.append(
+                _SigningDecision(
+                    verdict=_VERDICT_ALLOWED if allowed else _VERDICT_REFUSED,
+                    reason=decision.reason,
+                    message=decision.message,
+                    sequence=sequence,
+                )
+            )
+        response = signing_pb2.CheckAndRecordAttestationsResponse(decisions=decisions)
+        self._observe(time.perf_counter() - started)
+        return response
+
+
+class _ChunkReader(io.RawIOBase):
+    """A blocking file over chunks fed from the event loop: lets the store's streaming parser run in a thread
+    while the client stream is still arriving. `None` in the queue ends the stream; an exception aborts it."""
+
+    def __init__(self, chunks: queue.Queue[bytes | BaseException | None]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer and not self._ended:
+            item = self._chunks.get()
+            if item is None:
+                self._ended = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                self._buffer = item
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+class _ChunkWriter(io.RawIOBase):
+    """A blocking file whose writes become chunks for the event loop, bounded so a slow client slows the export."""
+
+    def __init__(self, chunks: queue.Queue[bytes | BaseException | None]) -> None:
+        self._chunks = chunks
+        self._pending = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._pending += data
+        if len(self._pending) >= EXPORT_CHUNK_BYTES:
+            self._chunks.put(bytes(self._pending))
+            self._pending.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._chunks.put(bytes(self._pending))
+            self._pending.clear()
+
+
+class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
+    def __init__(self, holder: StoreHolder, metrics: Metrics) -> None:
+        self._holder = holder
+        self._metrics = metrics
+
+    async def ImportInterchange(
+        self,
+        request_iterator: AsyncIterator[interchange_pb2.ImportInterchangeRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> interchange_pb2.ImportInterchangeResponse:
+        loop = asyncio.get_running_loop()
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=64)
+        metrics = self._metrics
+        read_so_far = [0]
+
+        def progress(validators: int) -> None:
+            metrics.import_validators.inc(validators - read_so_far[0])
+            read_so_far[0] = validators
+
+        try:
+            store = self._holder.require()
+
+            def run_import() -> Any:
+                return store.import_interchange(io.BufferedReader(_ChunkReader(chunks)), progress=progress)
+
+            task = loop.run_in_executor(None, run_import)
+            try:
+                async for request in request_iterator:
+                    if task.done():
+                        break  # the parser refused the document already; stop reading
+                    await asyncio.to_thread(chunks.put, request.chunk)
+                await asyncio.to_thread(chunks.put, None)
+            except BaseException as error:
+                await asyncio.to_thread(chunks.put, ConnectionAbortedError("client stream ended"))
+                raise error
+            result = await task
+        except Exception as error:
+            metrics.imports.labels("refused").inc()
+            await _abort(context, error)
+        metrics.imports.labels("imported").inc()
+        log.info(
+            "imported interchange: %d validators, %d imported cleanly, %s",
+            result.validators,
+            result.imported,
+            ", ".join(f"{status.name.lower()}={count}" for status, count in sorted(result.status_counts.items())),
+        )
+        return interchange_pb2.ImportInterchangeResponse(
+            validators=result.validators,
+            imported=result.imported,
+            results=[
+                interchange_pb2.ValidatorImportResult(pubkey=r.pubkey, status=int(r.status), message=r.message)
+                for r in result.results
+            ],
+            results_omitted=result.results_omitted,
+            sequence=result.sequence,
+        )
+
+    async def ExportInterchange(
+        self, request: interchange_pb2.ExportInterchangeRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[interchange_pb2.ExportInterchangeResponse]:
+        try:
+            store = self._holder.require()
+            pubkeys = list(request.pubkeys) or None
+            for pubkey in pubkeys or ():
+                _check_bytes(pubkey, PUBKEY_SIZE, "pubkeys[]")
+            chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=16)
+
+            def run_export() -> None:
+                writer = _ChunkWriter(chunks)
+                try:
+                    store.export_interchange(writer, pubkeys)  # type: ignore[arg-type]
+                    writer.flush()
+                    chunks.put(None)
+                except BaseException as error:  # handed to the event loop, which aborts the call
+                    chunks.put(error)
+
+            thread = threading.Thread(target=run_export, name="export", daemon=True)
+            thread.start()
+            while True:
+                item = await asyncio.to_thread(chunks.get)
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield interchange_pb2.ExportInterchangeResponse(chunk=item)
+        except Exception as error:
+            await _abort(context, error)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, holder: StoreHolder, durability: Durability, save_checkpoint: Callable[[], Any]) -> None:
+        self._holder = holder
+        self._durability = durability
+        self._save_checkpoint = save_checkpoint
+
+    async def RegisterValidators(
+        self, request: admin_pb2.RegisterValidatorsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.RegisterValidatorsResponse:
+        try:
+            store = self._holder.require()
+            if not request.pubkeys:
+                raise InvalidRequestError("pubkeys must not be empty")
+            for index, pubkey in enumerate(request.pubkeys):
+                if len(pubkey) != PUBKEY_SIZE:
+                    raise InvalidRequestError(f"pubkeys[{index}] must be {PUBKEY_SIZE} bytes, got {len(pubkey)}")
+            registered, already, sequence = store.register_validators(list(request.pubkeys))
+            if sequence:
+                await self._durability.wait(store, sequence)
+        except Exception as error:
+            await _abort(context, error)
+        return admin_pb2.RegisterValidatorsResponse(
+            registered=registered, already_registered=already, sequence=sequence
+        )
+
+    async def SaveCheckpoint(
+        self, request: admin_pb2.SaveCheckpointRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.SaveCheckpointResponse:
+        try:
+            self._holder.require()
+            info = await asyncio.get_running_loop().run_in_executor(None, self._save_checkpoint)
+        except Exception as error:
+            await _abort(context, error)
+        return admin_pb2.SaveCheckpointResponse(
+            sequence=info.sequence, validators=info.validators, file_name=info.path.name
+        )
+
+    async def GetValidatorSummary(
+        self, request: admin_pb2.GetValidatorSummaryRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetValidatorSummaryResponse:
+        try:
+            store = self._holder.require()
+            _check_bytes(request.pubkey, PUBKEY_SIZE, "pubkey")
+            summary = store.summary(request.pubkey)
+        except Exception as error:
+            await _abort(context, error)
+        if summary is None:
+            return admin_pb2.GetValidatorSummaryResponse(pubkey=request.pubkey, registered=False)
+        response = admin_pb2.GetValidatorSummaryResponse(
+            pubkey=request.pubkey,
+            registered=True,
+            block_count=summary.block_count,
+            attestation_count=summary.attestation_count,
+            allowed_decisions=summary.allowed_decisions,
+            refused_decisions=summary.refused_decisions,
+        )
+        for name in (
+            "lowest_slot",
+            "highest_slot",
+            "lowest_source_epoch",
+            "highest_source_epoch",
+            "lowest_target_epoch",
+            "highest_target_epoch",
+            "slot_floor",
+            "source_epoch_floor",
+            "target_epoch_floor",
+        ):
+            value = getattr(summary, name)
+            if value is not None:
+                setattr(response, name, value)
+        if summary.last_decision is not None:
+            response.last_decision.CopyFrom(decision_record_message(summary.last_decision))
+        return response
+
+    async def ListDecisions(
+        self, request: admin_pb2.ListDecisionsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[admin_pb2.DecisionRecord]:
+        try:
+            store = self._holder.require()
+            pubkey = request.pubkey or None
+            if pubkey is not None:
+                _check_bytes(pubkey, PUBKEY_SIZE, "pubkey")
+            records = store.decisions(pubkey, request.since_sequence)
+            while True:
+                batch = await asyncio.to_thread(_take, records, 512)
+                for record in batch:
+                    yield decision_record_message(record)
+                if len(batch) < 512:
+                    break
+        except Exception as error:
+            await _abort(context, error)
+
+
+def _take(records: Iterator[Any], count: int) -> list[Any]:
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == count:
+            break
+    return batch
+
+
+def decision_record_message(record: Any) -> admin_pb2.DecisionRecord:
+    """An audit record as its proto message."""
+    block = record.kind == "block"
+    return admin_pb2.DecisionRecord(
+        sequence=record.sequence,
+        pubkey=record.pubkey,
+        kind=admin_pb2.DECISION_KIND_BLOCK if block else admin_pb2.DECISION_KIND_ATTESTATION,
+        slot=record.slot or 0,
+        source_epoch=record.source_epoch or 0,
+        target_epoch=record.target_epoch or 0,
+        signing_root=record.signing_root,
+        verdict=_VERDICT_ALLOWED if record.reason.allows else _VERDICT_REFUSED,
+        reason=int(record.reason),
+        recorded_at_unix_nanos=record.unix_nanos,
+    )

@@ -1,0 +1,371 @@
+"""Payloads of log records and the body of checkpoints: what the store writes inside the storage containers.
+
+The containers (framing, segments, checkpoint files, checksums) are `framing`, `log` and `checkpoint`; this
+module fixes what their opaque payloads mean. All integers are little-endian; roots are 32 raw bytes, pubkeys 48.
+
+Log record types (type 0 is reserved by the framing):
+
+=====  ======================  =============================================================================
+type   name                    payload
+=====  ======================  =============================================================================
+1      BLOCK_DECISION          pubkey[48] slot:u64 signing_root[32] reason:u8 reserved:u8 unix_nanos:u64
+2      ATTESTATION_DECISION    pubkey[48] source:u64 target:u64 signing_root[32] reason:u8 reserved:u8
+                               unix_nanos:u64
+3      REGISTER                count:u32 then count x pubkey[48]
+4      IMPORT_VALIDATOR        strategy:u8 pubkey[48] blocks:u32 attestations:u32, then per block
+                               slot:u64 root_known:u8 root[32], then per attestation source:u64 target:u64
+                               root_known:u8 root[32]
+5      IMPORT_COMMIT           validators:u32 (the number of IMPORT_VALIDATOR records just before it)
+=====  ======================  =============================================================================
+
+`reason` is the `Reason` number; the verdict follows from it (reasons 1 and 2 allow). An import is the run of
+IMPORT_VALIDATOR records immediately followed by its IMPORT_COMMIT: replay applies it only at the commit, so an
+import cut short by a crash is not applied at all.
+
+Checkpoint body (version 1 of this layout; the checkpoint container carries its own format version):
+
+    body_version:u8  validators:u64  then per validator:
+      pubkey[48] applied_sequence:u64 allowed_count:u64 refused_count:u64
+      floors_present:u8 (bit 0 slot, bit 1 source, bit 2 target) slot_floor:u64 source_floor:u64 target_floor:u64
+      last_decision_type:u8 (0 = none) last_decision_sequence:u64 last_decision_length:u32
+      last_decision[...]
+      blocks:u32 then per block slot:u64 root_known:u8 root[32]
+      attestations:u32 targets:u64[n] sources:u64[n] root_known:u8[n] roots:32[n]
+
+The attestation arrays are stored as they sit in memory, ordered by (target, source), so a checkpoint of 100,000
+validators is mostly a copy of arrays rather than per-record packing.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sidecar.history import EPOCH_FLOOR_NONE, SLOT_FLOOR_NONE, SOURCE_FLOOR_NONE, ValidatorHistory
+from sidecar.rules import Reason
+
+__all__ = [
+    "ATTESTATION_DECISION",
+    "BLOCK_DECISION",
+    "IMPORT_COMMIT",
+    "IMPORT_VALIDATOR",
+    "REGISTER",
+    "AttestationDecisionRecord",
+    "BlockDecisionRecord",
+    "CodecError",
+    "ImportValidatorRecord",
+    "decode_attestation_decision",
+    "decode_block_decision",
+    "decode_checkpoint_body",
+    "decode_import_commit",
+    "decode_import_validator",
+    "decode_register",
+    "encode_attestation_decision",
+    "encode_block_decision",
+    "encode_checkpoint_header",
+    "encode_checkpoint_validator",
+    "encode_import_commit",
+    "encode_import_validator",
+    "encode_register",
+    "last_decision_type",
+]
+
+BLOCK_DECISION = 1
+ATTESTATION_DECISION = 2
+REGISTER = 3
+IMPORT_VALIDATOR = 4
+IMPORT_COMMIT = 5
+
+PUBKEY_SIZE = 48
+ROOT_SIZE = 32
+CHECKPOINT_BODY_VERSION = 1
+
+_BLOCK = struct.Struct("<48sQ32sBBQ")
+_ATTESTATION = struct.Struct("<48sQQ32sBBQ")
+_U8 = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_IMPORT_HEAD = struct.Struct("<B48sII")
+_BLOCK_ENTRY = struct.Struct("<QB32s")
+_ATTESTATION_ENTRY = struct.Struct("<QQB32s")
+_VALIDATOR_HEAD = struct.Struct("<48sQQQBQQQBQI")
+_ZERO_ROOT = bytes(ROOT_SIZE)
+
+# array("Q").tobytes() is native-endian; the formats are little-endian.
+_NEEDS_BYTESWAP = sys.byteorder != "little"
+
+
+class CodecError(ValueError):
+    """A payload does not decode: the bytes passed their checksum, so this is a bug or a foreign file."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDecisionRecord:
+    pubkey: bytes
+    slot: int
+    signing_root: bytes
+    reason: Reason
+    unix_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationDecisionRecord:
+    pubkey: bytes
+    source_epoch: int
+    target_epoch: int
+    signing_root: bytes
+    reason: Reason
+    unix_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportValidatorRecord:
+    minimal: bool
+    pubkey: bytes
+    blocks: tuple[tuple[int, bytes | None], ...]
+    attestations: tuple[tuple[int, int, bytes | None], ...]
+
+
+def _reason(value: int) -> Reason:
+    try:
+        return Reason(value)
+    except ValueError as error:
+        raise CodecError(f"unknown reason {value}") from error
+
+
+# ---------------------------------------------------------------- decisions (the hot path: plain struct calls)
+
+
+def encode_block_decision(pubkey: bytes, slot: int, signing_root: bytes, reason: int, unix_nanos: int) -> bytes:
+    return _BLOCK.pack(pubkey, slot, signing_root, reason, 0, unix_nanos)
+
+
+def decode_block_decision(payload: bytes) -> BlockDecisionRecord:
+    if len(payload) != _BLOCK.size:
+        raise CodecError(f"block decision payload is {len(payload)} bytes, expected {_BLOCK.size}")
+    pubkey, slot, root, reason, _reserved, nanos = _BLOCK.unpack(payload)
+    return BlockDecisionRecord(pubkey, slot, root, _reason(reason), nanos)
+
+
+def encode_attestation_decision(
+    pubkey: bytes, source_epoch: int, target_epoch: int, signing_root: bytes, reason: int, unix_nanos: int
+) -> bytes:
+    return _ATTESTATION.pack(pubkey, source_epoch, target_epoch, signing_root, reason, 0, unix_nanos)
+
+
+def decode_attestation_decision(payload: bytes) -> AttestationDecisionRecord:
+    if len(payload) != _ATTESTATION.size:
+        raise CodecError(f"attestation decision payload is {len(payload)} bytes, expected {_ATTESTATION.size}")
+    pubkey, source, target, root, reason, _reserved, nanos = _ATTESTATION.unpack(payload)
+    return AttestationDecisionRecord(pubkey, source, target, root, _reason(reason), nanos)
+
+
+# ---------------------------------------------------------------- registration and import
+
+
+def encode_register(pubkeys: list[bytes]) -> bytes:
+    return _U32.pack(len(pubkeys)) + b"".join(pubkeys)
+
+
+def decode_register(payload: bytes) -> list[bytes]:
+    if len(payload) < _U32.size:
+        raise CodecError("register payload too short")
+    (count,) = _U32.unpack_from(payload)
+    if len(payload) != _U32.size + count * PUBKEY_SIZE:
+        raise CodecError(f"register payload length {len(payload)} does not hold {count} pubkeys")
+    return [payload[4 + i * PUBKEY_SIZE : 4 + (i + 1) * PUBKEY_SIZE] for i in range(count)]
+
+
+def encode_import_validator(
+    minimal: bool,
+    pubkey: bytes,
+    blocks: list[tuple[int, bytes | None]],
+    attestations: list[tuple[int, int, bytes | None]],
+) -> bytes:
+    parts = [_IMPORT_HEAD.pack(1 if minimal else 0, pubkey, len(blocks), len(attestations))]
+    block_entry = _BLOCK_ENTRY.pack
+    parts.extend(block_entry(slot, root is not None, root or _ZERO_ROOT) for slot, root in blocks)
+    attestation_entry = _ATTESTATION_ENTRY.pack
+    parts.extend(
+        attestation_entry(source, target, root is not None, root or _ZERO_ROOT)
+        for source, target, root in attestations
+    )
+    return b"".join(parts)
+
+
+def decode_import_validator(payload: bytes) -> ImportValidatorRecord:
+    if len(payload) < _IMPORT_HEAD.size:
+        raise CodecError("import payload too short")
+    minimal, pubkey, block_count, attestation_count = _IMPORT_HEAD.unpack_from(payload)
+    expected = _IMPORT_HEAD.size + block_count * _BLOCK_ENTRY.size + attestation_count * _ATTESTATION_ENTRY.size
+    if len(payload) != expected:
+        raise CodecError(f"import payload length {len(payload)}, expected {expected}")
+    offset = _IMPORT_HEAD.size
+    blocks = []
+    for slot, known, root in _BLOCK_ENTRY.iter_unpack(payload[offset : offset + block_count * _BLOCK_ENTRY.size]):
+        blocks.append((slot, root if known else None))
+    offset += block_count * _BLOCK_ENTRY.size
+    attestations = []
+    for source, target, known, root in _ATTESTATION_ENTRY.iter_unpack(payload[offset:]):
+        attestations.append((source, target, root if known else None))
+    return ImportValidatorRecord(bool(minimal), pubkey, tuple(blocks), tuple(attestations))
+
+
+def encode_import_commit(validators: int) -> bytes:
+    return _U32.pack(validators)
+
+
+def decode_import_commit(payload: bytes) -> int:
+    if len(payload) != _U32.size:
+        raise CodecError("import commit payload must be 4 bytes")
+    return int(_U32.unpack(payload)[0])
+
+
+# ---------------------------------------------------------------- checkpoint body
+
+
+def encode_checkpoint_header(validator_count: int) -> bytes:
+    return _U8.pack(CHECKPOINT_BODY_VERSION) + _U64.pack(validator_count)
+
+
+def _array_bytes(values: array[int]) -> bytes:
+    if _NEEDS_BYTESWAP:
+        values = array("Q", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def last_decision_type(payload: bytes) -> int:
+    """The record type of a decision payload, told apart by its fixed length."""
+    if len(payload) == _BLOCK.size:
+        return BLOCK_DECISION
+    if len(payload) == _ATTESTATION.size:
+        return ATTESTATION_DECISION
+    raise CodecError(f"a decision payload of {len(payload)} bytes")
+
+
+def encode_checkpoint_validator(pubkey: bytes, history: ValidatorHistory) -> bytes:
+    """One validator's entry. The caller holds whatever lock keeps `history` still while this runs."""
+    floors = 0
+    if history.slot_floor != SLOT_FLOOR_NONE:
+        floors |= 1
+    if history.source_epoch_floor != SOURCE_FLOOR_NONE:
+        floors |= 2
+    if history.target_epoch_floor != EPOCH_FLOOR_NONE:
+        floors |= 4
+    last = history.last_decision or b""
+    parts = [
+        _VALIDATOR_HEAD.pack(
+            pubkey,
+            history.applied_sequence,
+            history.allowed_count,
+            history.refused_count,
+            floors,
+            max(history.slot_floor, 0),
+            history.source_epoch_floor,
+            max(history.target_epoch_floor, 0),
+            last_decision_type(last) if last else 0,
+            history.last_decision_sequence,
+            len(last),
+        ),
+        last,
+        _U32.pack(len(history.blocks)),
+    ]
+    block_entry = _BLOCK_ENTRY.pack
+    parts.extend(
+        block_entry(slot, root is not None, root or _ZERO_ROOT) for slot, root in sorted(history.blocks.items())
+    )
+    roots, known = history.root_arrays()
+    parts += [
+        _U32.pack(len(history.targets)),
+        _array_bytes(history.targets),
+        _array_bytes(history.sources),
+        bytes(known),
+        bytes(roots),
+    ]
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class CheckpointValidator:
+    pubkey: bytes
+    history: ValidatorHistory
+
+
+def decode_checkpoint_body(body: bytes) -> Iterator[CheckpointValidator]:
+    """Yields every validator of a checkpoint body; raises CodecError on any inconsistency."""
+    view = memoryview(body)
+    if len(view) < 9:
+        raise CodecError("checkpoint body too short")
+    version = view[0]
+    if version != CHECKPOINT_BODY_VERSION:
+        raise CodecError(f"unknown checkpoint body version {version}")
+    (count,) = _U64.unpack_from(view, 1)
+    offset = 9
+    try:
+        for _ in range(count):
+            (
+                pubkey,
+                applied,
+                allowed,
+                refused,
+                floors,
+                slot_floor,
+                source_floor,
+                target_floor,
+                last_type,
+                last_sequence,
+                last_length,
+            ) = _VALIDATOR_HEAD.unpack_from(view, offset)
+            offset += _VALIDATOR_HEAD.size
+            history = ValidatorHistory()
+            history.applied_sequence = applied
+            history.allowed_count = allowed
+            history.refused_count = refused
+            history.last_decision_sequence = last_sequence
+            history.raise_floors(
+                slot_floor if floors & 1 else SLOT_FLOOR_NONE,
+                source_floor if floors & 2 else SOURCE_FLOOR_NONE,
+                target_floor if floors & 4 else EPOCH_FLOOR_NONE,
+            )
+            if last_length:
+                history.last_decision = bytes(view[offset : offset + last_length])
+                offset += last_length
+            (block_count,) = _U32.unpack_from(view, offset)
+            offset += 4
+            for _ in range(block_count):
+                slot, known, root = _BLOCK_ENTRY.unpack_from(view, offset)
+                offset += _BLOCK_ENTRY.size
+                history.add_block(slot, bytes(root) if known else None)
+            (attestation_count,) = _U32.unpack_from(view, offset)
+            offset += 4
+            width = attestation_count * 8
+            targets = array("Q")
+            targets.frombytes(view[offset : offset + width])
+            offset += width
+            sources = array("Q")
+            sources.frombytes(view[offset : offset + width])
+            offset += width
+            known_flags = bytearray(view[offset : offset + attestation_count])
+            offset += attestation_count
+            roots = bytearray(view[offset : offset + attestation_count * ROOT_SIZE])
+            offset += attestation_count * ROOT_SIZE
+            if len(roots) != attestation_count * ROOT_SIZE or len(targets) != attestation_count:
+                raise CodecError("checkpoint body truncated inside a validator")
+            if _NEEDS_BYTESWAP:
+                targets.byteswap()
+                sources.byteswap()
+            try:
+                history.load_attestation_arrays(targets, sources, roots, known_flags)
+            except ValueError as error:
+                raise CodecError(f"validator 0x{bytes(pubkey).hex()}: {error}") from error
+            if last_type not in (0, BLOCK_DECISION, ATTESTATION_DECISION):
+                raise CodecError(f"unknown last decision type {last_type}")
+            yield CheckpointValidator(bytes(pubkey), history)
+    except struct.error as error:
+        raise CodecError(f"checkpoint body truncated at byte {offset}") from error
+    if offset != len(view):
+        raise CodecError(f"checkpoint body has {len(view) - offset} bytes after its last validator")

@@ -1,0 +1,825 @@
+"""The store: the one owner of the data directory, the decision log, the checkpoints and the in-memory state.
+
+Layout of a data directory (created 0700, files 0600):
+
+    DIR/LOCK                         OS lock held by the one process using DIR (sidecar.storage.dirlock)
+    DIR/IDENTITY.json                {"format": 1, "genesis_validators_root": "0x.."}; written once, atomically
+    DIR/log/%020d.log                decision log segments (sidecar.storage.log, payloads in state_codec)
+    DIR/checkpoints/checkpoint-%020d.ckpt   checkpoints (sidecar.storage.checkpoint)
+    DIR/archive/                     log segments covered by checkpoints, when the operator keeps an audit trail
+
+Start = lock, identity, newest checkpoint that verifies (older ones if it does not, saying so), replay of the log
+after it (a torn tail is repaired; any other damage refuses to start, naming file and offset).
+
+Concurrency: one lock (`_lock`) guards the in-memory state and the order of log appends. A decision holds it
+for the rule check, the (non-blocking) append and the update of the history: a few microseconds, never an fsync.
+Durability is waited for after the lock is released, through the log's group commit; a record is durable only
+after every record before it is, so a decision taken against a not-yet-durable record is safe: if a crash loses
+the earlier record, it loses the later one too, and neither was answered ALLOWED.
+
+Checkpoints are fuzzy: validators are copied in chunks, releasing the lock between chunks so signing goes on. Each
+validator carries the sequence number of the newest record applied to it; replay skips records at or below it.
+The checkpoint file is written only once every record it includes is durable, so it never holds a decision the
+log could lose.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from interchange import (
+    InterchangeError,
+    InterchangeVersionError,
+    Metadata,
+    SignedAttestation,
+    SignedBlock,
+    ValidatorRecords,
+    stream_interchange,
+    write_interchange,
+)
+from sidecar.audit import DecisionRecord, decode_decision, read_decisions
+from sidecar.errors import (
+    DataDirError,
+    GenesisRootMismatchError,
+    ImportRefusedError,
+    InvalidRequestError,
+    UnknownValidatorError,
+)
+from sidecar.history import EPOCH_FLOOR_NONE, SLOT_FLOOR_NONE, SOURCE_FLOOR_NONE, ValidatorHistory
+from sidecar.rules import Decision, Reason, check_attestation, check_block
+from sidecar.storage import (
+    DataDirLock,
+    DecisionLog,
+    FileOps,
+    load_newest_valid_checkpoint,
+    prune_checkpoints,
+    repair_torn_tail,
+    scan_log,
+    write_checkpoint,
+)
+from sidecar.storage import state_codec as codec
+
+__all__ = [
+    "DEFAULT_HISTORY_WINDOW_EPOCHS",
+    "AttestationRequest",
+    "ImportResult",
+    "ImportStatus",
+    "Store",
+    "StoreOptions",
+    "Strategy",
+]
+
+log = logging.getLogger("sidecar.store")
+
+IDENTITY_FILE = "IDENTITY.json"
+IDENTITY_FORMAT = 1
+PUBKEY_SIZE = 48
+ROOT_SIZE = 32
+# 64 epochs (~6.8 hours) of attestations per validator: about 4 KiB each, so 100,000 validators stay well under
+# 1 GB. Pruning only ever adds refusals (see sidecar.history), so the window trades memory for the ability to
+# sign old messages out of order, never safety.
+DEFAULT_HISTORY_WINDOW_EPOCHS = 64
+# Validators copied per lock hold while taking a checkpoint or an export.
+SNAPSHOT_CHUNK = 1000
+# Results listed per import response; the rest are counted (keeps a 1,000,000-key response far below 4 MiB).
+MAX_LISTED_IMPORT_RESULTS = 1000
+
+
+class Strategy(enum.Enum):
+    """How imports treat history: keep every record, or only the highest block and attestation."""
+
+    COMPLETE = "complete"
+    MINIMAL = "minimal"
+
+
+class ImportStatus(enum.IntEnum):
+    """Per-key import outcome. Values equal the proto `ImportStatus` numbers."""
+
+    IMPORTED = 1
+    MERGED = 2
+    MINIFIED = 3
+    UNCHANGED = 4
+    IMPORTED_SLASHABLE_DATA = 5
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    strategy: Strategy = Strategy.COMPLETE
+    history_window_epochs: int | None = DEFAULT_HISTORY_WINDOW_EPOCHS
+    segment_bytes: int = 64 * 1024 * 1024
+    checkpoint_keep: int = 3
+    archive_segments: bool = False
+    fileops: FileOps = field(default_factory=FileOps)
+    clock_ns: Callable[[], int] = time.time_ns
+    on_health_change: Callable[[bool], None] | None = None
+    on_fsync: Callable[[float, int, int], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationRequest:
+    pubkey: bytes
+    source_epoch: int
+    target_epoch: int
+    signing_root: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorImportOutcome:
+    pubkey: bytes
+    status: ImportStatus
+    message: str
+
+
+@dataclass(slots=True)
+class ImportResult:
+    validators: int = 0
+    imported: int = 0
+    results: list[ValidatorImportOutcome] = field(default_factory=list)
+    results_omitted: int = 0
+    sequence: int = 0
+    status_counts: dict[ImportStatus, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorSummary:
+    pubkey: bytes
+    block_count: int
+    attestation_count: int
+    lowest_slot: int | None
+    highest_slot: int | None
+    lowest_source_epoch: int | None
+    highest_source_epoch: int | None
+    lowest_target_epoch: int | None
+    highest_target_epoch: int | None
+    slot_floor: int | None
+    source_epoch_floor: int | None
+    target_epoch_floor: int | None
+    allowed_decisions: int
+    refused_decisions: int
+    last_decision: DecisionRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    sequence: int
+    validators: int
+    path: Path
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryInfo:
+    checkpoint_sequence: int
+    replayed_records: int
+    validators: int
+    seconds: float
+    repaired_torn_tail: bool
+    problems: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _StagedValidator:
+    blocks: list[tuple[int, bytes | None]] = field(default_factory=list)
+    attestations: list[tuple[int, int, bytes | None]] = field(default_factory=list)
+
+
+class Store:
+    """Owns DIR. Create with `Store.open_or_create`; every public method is thread-safe."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        genesis_validators_root: bytes,
+        options: StoreOptions,
+        dir_lock: DataDirLock,
+    ) -> None:
+        self.data_dir = data_dir
+        self.genesis_validators_root = genesis_validators_root
+        self.options = options
+        self._dir_lock = dir_lock
+        self._lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._validators: dict[bytes, ValidatorHistory] = {}
+        self._log: DecisionLog | None = None
+        self._window = options.history_window_epochs
+        self._now = options.clock_ns
+        self.recovery: RecoveryInfo | None = None
+        self.last_checkpoint_unix: float | None = None
+        self._closed = False
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open_or_create(
+        cls,
+        data_dir: Path,
+        genesis_validators_root: bytes | None,
+        options: StoreOptions | None = None,
+    ) -> Store:
+        """Locks DIR (creating it on first use), recovers its state and opens the log for appending.
+
+        `genesis_validators_root` is required to create a directory and, when given for an existing one, must
+        match the one it was created with.
+        """
+        options = options or StoreOptions()
+        fileops = options.fileops
+        started = time.monotonic()
+        dir_lock = DataDirLock.acquire(data_dir, fileops=fileops)
+        try:
+            root = _open_identity(data_dir, genesis_validators_root, fileops)
+            store = cls(data_dir, root, options, dir_lock)
+            store._recover(started)
+        except BaseException:
+            dir_lock.release()
+            raise
+        return store
+
+    def _recover(self, started: float) -> None:
+        fileops = self.options.fileops
+        checkpoint_dir = self.data_dir / "checkpoints"
+        log_dir = self.data_dir / "log"
+        fileops.makedirs(checkpoint_dir)
+        fileops.makedirs(log_dir)
+        loaded, problems = load_newest_valid_checkpoint(checkpoint_dir, fileops)
+        for problem in problems:
+            log.warning("checkpoint skipped, falling back to an older one: %s", problem)
+        covered = 0
+        if loaded is not None:
+            if loaded.genesis_validators_root != self.genesis_validators_root:
+                raise DataDirError(
+                    f"checkpoint {loaded.path} belongs to genesis validators root "
+                    f"0x{loaded.genesis_validators_root.hex()}, not this directory's"
+                )
+            covered = loaded.sequence
+            try:
+                for entry in codec.decode_checkpoint_body(loaded.body):
+                    self._validators[entry.pubkey] = entry.history
+            except codec.CodecError as error:
+                raise DataDirError(f"checkpoint {loaded.path} does not decode: {error}") from error
+        scan = scan_log(log_dir, fileops, after_sequence=covered)
+        replayed = 0
+        pending_import: list[tuple[int, codec.ImportValidatorRecord]] = []
+        for sequence, record_type, payload in scan.records():
+            replayed += 1
+            if record_type == codec.IMPORT_VALIDATOR:
+                pending_import.append((sequence, codec.decode_import_validator(payload)))
+                continue
+            if record_type == codec.IMPORT_COMMIT:
+                if codec.decode_import_commit(payload) == len(pending_import):
+                    for import_sequence, record in pending_import:
+                        self._apply_import_locked(
+                            record.pubkey,
+                            record.minimal,
+                            record.blocks,
+                            record.attestations,
+                            sequence,
+                            import_sequence,
+                        )
+                pending_import = []
+                continue
+            # Any other record ends an import that never committed: it was not answered, so it is dropped.
+            pending_import = []
+            self._replay_record_locked(sequence, record_type, payload)
+        repaired = False
+        if scan.torn_tail is not None:
+            repair_torn_tail(scan.torn_tail, fileops)
+            repaired = True
+        self._log = DecisionLog.open(
+            log_dir,
+            fileops=fileops,
+            next_sequence=scan.next_sequence,
+            segment_bytes=self.options.segment_bytes,
+            on_health_change=self.options.on_health_change,
+            on_fsync=self.options.on_fsync,
+        )
+        if loaded is not None:
+            self.last_checkpoint_unix = loaded.created_unix
+        self.recovery = RecoveryInfo(
+            checkpoint_sequence=covered,
+            replayed_records=replayed,
+            validators=len(self._validators),
+            seconds=time.monotonic() - started,
+            repaired_torn_tail=repaired,
+            problems=tuple(problems),
+        )
+
+    def _replay_record_locked(self, sequence: int, record_type: int, payload: bytes) -> None:
+        if record_type == codec.ATTESTATION_DECISION:
+            attestation = codec.decode_attestation_decision(payload)
+            history = self._validators.get(attestation.pubkey)
+            if history is not None and sequence > history.applied_sequence:
+                self._apply_attestation_locked(
+                    history,
+                    sequence,
+                    attestation.source_epoch,
+                    attestation.target_epoch,
+                    attestation.signing_root,
+                    attestation.reason,
+                    payload,
+                )
+        elif record_type == codec.BLOCK_DECISION:
+            block = codec.decode_block_decision(payload)
+            history = self._validators.get(block.pubkey)
+            if history is not None and sequence > history.applied_sequence:
+                self._apply_block_locked(history, sequence, block.slot, block.signing_root, block.reason, payload)
+        elif record_type == codec.REGISTER:
+            self._apply_register_locked(codec.decode_register(payload), sequence)
+        else:
+            raise DataDirError(f"log record {sequence} has unknown type {record_type}")
+
+    # ---------------------------------------------------------------- applying records (live and replay alike)
+
+    def _apply_block_locked(
+        self,
+        history: ValidatorHistory,
+        sequence: int,
+        slot: int,
+        signing_root: bytes,
+        reason: Reason,
+        payload: bytes,
+    ) -> None:
+        history.applied_sequence = sequence
+        history.last_decision_sequence = sequence
+        history.last_decision = payload
+        if reason is Reason.ALLOWED_NEW:
+            history.allowed_count += 1
+            history.add_block(slot, signing_root)
+            if self._window is not None:
+                history.prune_blocks(self._window)
+        elif reason is Reason.ALLOWED_REPEAT:
+            history.allowed_count += 1
+        else:
+            history.refused_count += 1
+
+    def _apply_attestation_locked(
+        self,
+        history: ValidatorHistory,
+        sequence: int,
+        source_epoch: int,
+        target_epoch: int,
+        signing_root: bytes,
+        reason: Reason,
+        payload: bytes,
+    ) -> None:
+        history.applied_sequence = sequence
+        history.last_decision_sequence = sequence
+        history.last_decision = payload
+        if reason is Reason.ALLOWED_NEW:
+            history.allowed_count += 1
+            history.add_attestation(source_epoch, target_epoch, signing_root)
+            if self._window is not None:
+                history.prune_attestations(self._window)
+        elif reason is Reason.ALLOWED_REPEAT:
+            history.allowed_count += 1
+        else:
+            history.refused_count += 1
+
+    def _apply_register_locked(self, pubkeys: Iterable[bytes], sequence: int) -> int:
+        added = 0
+        validators = self._validators
+        for pubkey in pubkeys:
+            if pubkey not in validators:
+                history = ValidatorHistory()
+                history.applied_sequence = sequence
+                validators[pubkey] = history
+                added += 1
+        return added
+
+    def _apply_import_locked(
+        self,
+        pubkey: bytes,
+        minimal: bool,
+        blocks: Iterable[tuple[int, bytes | None]],
+        attestations: Iterable[tuple[int, int, bytes | None]],
+        commit_sequence: int,
+        record_sequence: int,
+    ) -> ImportStatus:
+        history = self._validators.get(pubkey)
+        existed = history is not None and bool(history.blocks or history.targets)
+        if history is None:
+            history = ValidatorHistory()
+            self._validators[pubkey] = history
+        elif history.applied_sequence >= commit_sequence:
+            return ImportStatus.UNCHANGED  # replay over a checkpoint that already holds this import
+        changed = False
+        conflict = False
+        for slot, root in blocks:
+            outcome = history.add_block(slot, root)
+            changed = changed or outcome != 0
+            conflict = conflict or outcome == 2
+        for source, target, root in attestations:
+            outcome = history.add_attestation(source, target, root)
+            changed = changed or outcome != 0
+            conflict = conflict or outcome == 2
+        if minimal:
+            history.minify()
+        history.applied_sequence = max(history.applied_sequence, commit_sequence, record_sequence)
+        if conflict:
+            return ImportStatus.IMPORTED_SLASHABLE_DATA
+        if not changed:
+            return ImportStatus.UNCHANGED if existed else ImportStatus.IMPORTED
+        return ImportStatus.MERGED if existed else ImportStatus.IMPORTED
+
+    # ---------------------------------------------------------------- the hot path
+
+    @property
+    def log(self) -> DecisionLog:
+        assert self._log is not None, "store used before recovery"
+        return self._log
+
+    def check_and_record_block(self, pubkey: bytes, slot: int, signing_root: bytes) -> tuple[Decision, int]:
+        """Decides and records (non-durably) a block proposal. The caller waits for durability of the returned
+        sequence number before answering ALLOWED. Raises LogUnavailableError when the log cannot take records.
+        """
+        with self._lock:
+            history = self._validators.get(pubkey)
+            decision = check_block(history, slot, signing_root)
+            payload = codec.encode_block_decision(pubkey, slot, signing_root, decision.reason, self._now())
+            sequence = self.log.append(codec.BLOCK_DECISION, payload)
+            if history is not None:
+                self._apply_block_locked(history, sequence, slot, signing_root, decision.reason, payload)
+        return decision, sequence
+
+    def check_and_record_attestations(self, requests: list[AttestationRequest]) -> list[tuple[Decision, int]]:
+        """Decides and records (non-durably) each attestation, in order, under one lock hold.
+
+        The pubkeys must be distinct (the contract forbids one key twice in a batch), which makes the decisions
+        independent: all are taken, then appended in one run of sequence numbers, then applied.
+        """
+        now = self._now()
+        with self._lock:
+            validators = self._validators
+            decided = []
+            payloads = []
+            encode = codec.encode_attestation_decision
+            kind = codec.ATTESTATION_DECISION
+            for request in requests:
+                history = validators.get(request.pubkey)
+                decision = check_attestation(
+                    history, request.source_epoch, request.target_epoch, request.signing_root
+                )
+                payload = encode(
+                    request.pubkey,
+                    request.source_epoch,
+                    request.target_epoch,
+                    request.signing_root,
+                    decision.reason,
+                    now,
+                )
+                decided.append((history, decision, payload))
+                payloads.append((kind, payload))
+            last = self.log.append_many(payloads)
+            sequence = last - len(payloads)
+            results = []
+            apply = self._apply_attestation_locked
+            for request, (history, decision, payload) in zip(requests, decided, strict=True):
+                sequence += 1
+                if history is not None:
+                    apply(
+                        history,
+                        sequence,
+                        request.source_epoch,
+                        request.target_epoch,
+                        request.signing_root,
+                        decision.reason,
+                        payload,
+                    )
+                results.append((decision, sequence))
+        return results
+
+    # ---------------------------------------------------------------- registration
+
+    def register_validators(self, pubkeys: list[bytes]) -> tuple[int, int, int]:
+        """Registers keys; returns (newly registered, already registered, sequence of the record or 0)."""
+        for pubkey in pubkeys:
+            if len(pubkey) != PUBKEY_SIZE:
+                raise InvalidRequestError(f"pubkey must be {PUBKEY_SIZE} bytes, got {len(pubkey)}")
+        with self._lock:
+            new = list(dict.fromkeys(pk for pk in pubkeys if pk not in self._validators))
+            if not new:
+                return 0, len(pubkeys), 0
+            sequence = self.log.append(codec.REGISTER, codec.encode_register(new))
+            self._apply_register_locked(new, sequence)
+        return len(new), len(pubkeys) - len(new), sequence
+
+    def is_registered(self, pubkey: bytes) -> bool:
+        return pubkey in self._validators
+
+    @property
+    def validator_count(self) -> int:
+        return len(self._validators)
+
+    # ---------------------------------------------------------------- interchange
+
+    def import_interchange(self, source: BinaryIO, progress: Callable[[int], None] | None = None) -> ImportResult:
+        """Imports one EIP-3076 document, all or nothing, and waits until it is durable.
+
+        The document is read and validated whole before anything changes; a bad document raises
+        ImportRefusedError or GenesisRootMismatchError and changes nothing. `progress` is called with the number
+        of validators read so far.
+        """
+        staged: dict[bytes, _StagedValidator] = {}
+        metadata: Metadata | None = None
+        entries = 0
+        try:
+            for item in stream_interchange(source):
+                if isinstance(item, Metadata):
+                    metadata = item
+                    self._check_import_root(metadata)
+                    continue
+                entries += 1
+                stage = staged.get(item.pubkey)
+                if stage is None:
+                    stage = staged[item.pubkey] = _StagedValidator()
+                stage.blocks.extend((b.slot, b.signing_root) for b in item.signed_blocks)
+                stage.attestations.extend(
+                    (a.source_epoch, a.target_epoch, a.signing_root) for a in item.signed_attestations
+                )
+                if progress is not None and entries % 1000 == 0:
+                    progress(entries)
+        except InterchangeVersionError as error:
+            raise ImportRefusedError(f"interchange refused: {error}") from error
+        except InterchangeError as error:
+            raise ImportRefusedError(f"interchange refused: {error}") from error
+        if metadata is None:  # stream_interchange guarantees metadata; this keeps the invariant local
+            raise ImportRefusedError("interchange refused: no metadata")
+        if progress is not None:
+            progress(entries)
+        minimal = self.options.strategy is Strategy.MINIMAL
+        records: list[tuple[int, bytes]] = []
+        plan = []
+        for pubkey, stage in staged.items():
+            blocks, attestations = stage.blocks, stage.attestations
+            if minimal:
+                blocks, attestations, reduced = _minified(blocks, attestations)
+            else:
+                reduced = False
+            plan.append((pubkey, blocks, attestations, reduced))
+            records.append(
+                (codec.IMPORT_VALIDATOR, codec.encode_import_validator(minimal, pubkey, blocks, attestations))
+            )
+        records.append((codec.IMPORT_COMMIT, codec.encode_import_commit(len(plan))))
+        result = ImportResult(validators=len(plan))
+        with self._lock:
+            last = self.log.append_many(records)
+            sequence = last - len(records)
+            for pubkey, blocks, attestations, reduced in plan:
+                sequence += 1
+                status = self._apply_import_locked(pubkey, minimal, blocks, attestations, last, sequence)
+                if reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
+                    status = ImportStatus.MINIFIED
+                _count_import(result, pubkey, status)
+        result.sequence = last
+        self.log.wait_durable(last)
+        return result
+
+    def _check_import_root(self, metadata: Metadata) -> None:
+        if metadata.genesis_validators_root != self.genesis_validators_root:
+            raise GenesisRootMismatchError(
+                f"interchange genesis_validators_root 0x{metadata.genesis_validators_root.hex()} differs from "
+                f"this database's 0x{self.genesis_validators_root.hex()}"
+            )
+
+    def export_interchange(self, out: BinaryIO, pubkeys: list[bytes] | None = None) -> int:
+        """Writes an EIP-3076 v5 document for the given keys (all when None); returns the number of keys.
+
+        Floors raised by pruning or repair are carried as records (see ValidatorHistory.export_*), so an importer
+        refuses at least what we refuse. Unknown keys raise UnknownValidatorError before anything is written.
+        """
+        with self._lock:
+            if pubkeys is None:
+                selected = sorted(self._validators)
+            else:
+                missing = [pk for pk in pubkeys if pk not in self._validators]
+                if missing:
+                    raise UnknownValidatorError(f"validator 0x{missing[0].hex()} is not registered")
+                selected = sorted(set(pubkeys))
+        write_interchange(out, self.genesis_validators_root, self._export_records(selected))
+        return len(selected)
+
+    def _export_records(self, pubkeys: list[bytes]) -> Iterator[ValidatorRecords]:
+        for start in range(0, len(pubkeys), SNAPSHOT_CHUNK):
+            chunk = []
+            with self._lock:
+                for pubkey in pubkeys[start : start + SNAPSHOT_CHUNK]:
+                    history = self._validators[pubkey]
+                    blocks = history.export_blocks()
+                    attestations, minified = history.export_attestations()
+                    if minified:
+                        log.warning(
+                            "export of 0x%s: attestations minified to carry the lower bounds raised by pruning "
+                            "or repair",
+                            pubkey.hex(),
+                        )
+                    chunk.append(
+                        ValidatorRecords(
+                            pubkey,
+                            tuple(SignedBlock(slot, root) for slot, root in blocks),
+                            tuple(
+                                SignedAttestation(a.source_epoch, a.target_epoch, a.signing_root)
+                                for a in attestations
+                            ),
+                        )
+                    )
+            yield from chunk
+
+    # ---------------------------------------------------------------- operators
+
+    def summary(self, pubkey: bytes) -> ValidatorSummary | None:
+        """Counts and bounds of one key, copied under the lock; None when the key is not registered."""
+        with self._lock:
+            history = self._validators.get(pubkey)
+            if history is None:
+                return None
+            return ValidatorSummary(
+                pubkey=pubkey,
+                block_count=len(history.blocks),
+                attestation_count=history.attestation_count,
+                lowest_slot=history.lowest_slot,
+                highest_slot=history.highest_slot,
+                lowest_source_epoch=history.lowest_source_epoch,
+                highest_source_epoch=history.highest_source_epoch,
+                lowest_target_epoch=history.targets[0] if history.targets else None,
+                highest_target_epoch=history.targets[-1] if history.targets else None,
+                slot_floor=None if history.slot_floor == SLOT_FLOOR_NONE else history.slot_floor,
+                source_epoch_floor=(
+                    None if history.source_epoch_floor == SOURCE_FLOOR_NONE else history.source_epoch_floor
+                ),
+                target_epoch_floor=(
+                    None if history.target_epoch_floor == EPOCH_FLOOR_NONE else history.target_epoch_floor
+                ),
+                allowed_decisions=history.allowed_count,
+                refused_decisions=history.refused_count,
+                last_decision=decode_decision(history.last_decision_sequence, history.last_decision),
+            )
+
+    def decisions(self, pubkey: bytes | None = None, since_sequence: int = 0) -> Iterator[DecisionRecord]:
+        """Recorded decisions still held in the log (and archive), oldest first: the audit trail."""
+        yield from read_decisions(self.data_dir, self.options.fileops, pubkey, since_sequence)
+
+    def save_checkpoint(self) -> CheckpointInfo:
+        """Writes a checkpoint of every validator, prunes old ones and the log segments they cover.
+
+        Takes the state lock one chunk of validators at a time, so signing goes on while it runs.
+        """
+        with self._checkpoint_lock:
+            started = time.monotonic()
+            with self._lock:
+                covered = self.log.last_sequence
+                pubkeys = list(self._validators)
+            chunks = [codec.encode_checkpoint_header(len(pubkeys))]
+            newest_included = covered
+            encode = codec.encode_checkpoint_validator
+            for start in range(0, len(pubkeys), SNAPSHOT_CHUNK):
+                with self._lock:
+                    for pubkey in pubkeys[start : start + SNAPSHOT_CHUNK]:
+                        history = self._validators[pubkey]
+                        chunks.append(encode(pubkey, history))
+                        newest_included = max(newest_included, history.applied_sequence)
+                # Give the signing path the GIL between chunks.
+                time.sleep(0)
+            # The checkpoint must not hold anything the log could still lose.
+            self.log.wait_durable(newest_included)
+            fileops = self.options.fileops
+            checkpoint_dir = self.data_dir / "checkpoints"
+            path = write_checkpoint(checkpoint_dir, fileops, covered, self.genesis_validators_root, chunks)
+            kept = prune_checkpoints(checkpoint_dir, fileops, keep=self.options.checkpoint_keep)
+            oldest_kept = min(kept) if kept else covered
+            archive = self.data_dir / "archive" if self.options.archive_segments else None
+            self.log.delete_segments_through(oldest_kept, archive_dir=archive)
+            self.last_checkpoint_unix = time.time()
+            return CheckpointInfo(covered, len(pubkeys), path, time.monotonic() - started)
+
+    # ---------------------------------------------------------------- closing
+
+    def close(self, final_checkpoint: bool = True) -> None:
+        """Makes the log durable, writes a final checkpoint (by default) and releases DIR."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._log is not None:
+                self._log.sync()
+                if final_checkpoint:
+                    self.save_checkpoint()
+        finally:
+            if self._log is not None:
+                self._log.close()
+            self._dir_lock.release()
+
+
+def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus) -> None:
+    result.status_counts[status] = result.status_counts.get(status, 0) + 1
+    if status is ImportStatus.IMPORTED:
+        result.imported += 1
+        return
+    if len(result.results) >= MAX_LISTED_IMPORT_RESULTS:
+        result.results_omitted += 1
+        return
+    result.results.append(ValidatorImportOutcome(pubkey, status, _IMPORT_MESSAGES[status]))
+
+
+_IMPORT_MESSAGES = {
+    ImportStatus.MERGED: "merged with the history already recorded",
+    ImportStatus.MINIFIED: "minimal strategy: kept the highest block and attestation only",
+    ImportStatus.UNCHANGED: "every record was already known; nothing changed",
+    ImportStatus.IMPORTED_SLASHABLE_DATA: (
+        "the records are slashable (double or surround votes, or below recorded bounds); kept as they are, "
+        "which only refuses more"
+    ),
+}
+
+
+def _minified(
+    blocks: list[tuple[int, bytes | None]], attestations: list[tuple[int, int, bytes | None]]
+) -> tuple[list[tuple[int, bytes | None]], list[tuple[int, int, bytes | None]], bool]:
+    """The "minimal" form of imported records: the highest slot, the highest source and target, unknown roots.
+    Also says whether that dropped anything."""
+    reduced = len(blocks) > 1 or len(attestations) > 1
+    reduced = reduced or any(root is not None for _, root in blocks)
+    reduced = reduced or any(root is not None for _, _, root in attestations)
+    minified_blocks = [(max(slot for slot, _ in blocks), None)] if blocks else []
+    minified_attestations = (
+        [(max(a[0] for a in attestations), max(a[1] for a in attestations), None)] if attestations else []
+    )
+    return minified_blocks, minified_attestations, reduced
+
+
+def _read_small_file(path: Path, fileops: FileOps) -> bytes | None:
+    if not fileops.exists(path):
+        return None
+    fd = fileops.open_read(path)
+    try:
+        chunks = []
+        while chunk := fileops.read(fd, 65536):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > 1024 * 1024:
+                raise DataDirError(f"{path} is too large to be an identity file")
+        return b"".join(chunks)
+    finally:
+        fileops.close(fd)
+
+
+def _write_file_atomically(path: Path, data: bytes, fileops: FileOps) -> None:
+    """Temporary name, write, fsync, rename, fsync the directory: the file is whole or absent after a crash."""
+    temporary = path.with_name(path.name + ".tmp")
+    if fileops.exists(temporary):
+        fileops.unlink(temporary)
+    fd = fileops.create_exclusive(temporary)
+    try:
+        fileops.write(fd, data)
+        fileops.fsync(fd)
+    finally:
+        fileops.close(fd)
+    fileops.rename(temporary, path)
+    fileops.fsync_dir(path.parent)
+
+
+def _open_identity(data_dir: Path, genesis_validators_root: bytes | None, fileops: FileOps) -> bytes:
+    """Reads DIR/IDENTITY.json, or writes it for a new directory. Returns the directory's root."""
+    path = data_dir / IDENTITY_FILE
+    raw = _read_small_file(path, fileops)
+    if raw is None:
+        if _has_files(data_dir, fileops):
+            raise DataDirError(f"{data_dir} holds a log or checkpoints but no {IDENTITY_FILE}; refusing to guess")
+        if genesis_validators_root is None:
+            raise DataDirError(
+                f"{data_dir} is a new data directory: give --network or --genesis-validators-root to create it"
+            )
+        document = {"format": IDENTITY_FORMAT, "genesis_validators_root": "0x" + genesis_validators_root.hex()}
+        _write_file_atomically(path, (json.dumps(document, indent=2) + "\n").encode(), fileops)
+        return genesis_validators_root
+    try:
+        document = json.loads(raw)
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        if document.get("format") != IDENTITY_FORMAT:
+            raise DataDirError(f"{path}: unknown identity format {document.get('format')!r}")
+        root_text = document["genesis_validators_root"]
+        root = bytes.fromhex(root_text[2:]) if root_text.startswith("0x") else b""
+        if len(root) != ROOT_SIZE:
+            raise ValueError("genesis_validators_root is not 0x-prefixed 32-byte hex")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DataDirError(f"{path} is damaged: {error}") from error
+    if genesis_validators_root is not None and genesis_validators_root != root:
+        raise GenesisRootMismatchError(
+            f"{data_dir} was created for genesis validators root 0x{root.hex()}, not "
+            f"0x{genesis_validators_root.hex()}"
+        )
+    return root
+
+
+def _has_files(data_dir: Path, fileops: FileOps) -> bool:
+    for sub in ("log", "checkpoints"):
+        directory = data_dir / sub
+        if fileops.is_dir(directory) and fileops.listdir(directory):
+            return True
+    return False
