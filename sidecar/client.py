@@ -29,6 +29,21 @@ __all__ = [
 ]
 
 IMPORT_CHUNK_BYTES = 1024 * 1024
+SUMMARY_FIELDS = (
+    "block_count",
+    "attestation_count",
+    "lowest_slot",
+    "highest_slot",
+    "lowest_source_epoch",
+    "highest_source_epoch",
+    "lowest_target_epoch",
+    "highest_target_epoch",
+    "slot_floor",
+    "source_epoch_floor",
+    "target_epoch_floor",
+    "allowed_decisions",
+    "refused_decisions",
+)
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -137,18 +152,36 @@ def decisions_over_grpc(
 
 
 def summary_over_grpc(args: argparse.Namespace, pubkey: bytes) -> dict[str, object]:
-    from google.protobuf.json_format import MessageToDict
+    """The same JSON document the offline `summary` prints."""
+    from sidecar.audit import ATTESTATION, BLOCK, DecisionRecord
+    from sidecar.rules import Reason
 
     with _channel(args) as channel:
         response = admin_pb2_grpc.AdminServiceStub(channel).GetValidatorSummary(
             admin_pb2.GetValidatorSummaryRequest(pubkey=pubkey), timeout=_timeout(args)
         )
-    document = MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    document["pubkey"] = "0x" + pubkey.hex()
-    if "last_decision" in document:
-        last = document["last_decision"]
-        last["pubkey"] = "0x" + response.last_decision.pubkey.hex()
-        last["signing_root"] = "0x" + response.last_decision.signing_root.hex()
+    document: dict[str, object] = {"pubkey": "0x" + pubkey.hex(), "registered": response.registered}
+    if not response.registered:
+        return document
+    for name in SUMMARY_FIELDS:
+        optional = name not in ("block_count", "attestation_count", "allowed_decisions", "refused_decisions")
+        document[name] = getattr(response, name) if not optional or response.HasField(name) else None
+    last = None
+    if response.HasField("last_decision"):
+        message = response.last_decision
+        block = message.kind == admin_pb2.DECISION_KIND_BLOCK
+        last = DecisionRecord(
+            sequence=message.sequence,
+            kind=BLOCK if block else ATTESTATION,
+            pubkey=message.pubkey,
+            slot=message.slot if block else None,
+            source_epoch=None if block else message.source_epoch,
+            target_epoch=None if block else message.target_epoch,
+            signing_root=message.signing_root,
+            reason=Reason(message.reason),
+            unix_nanos=message.recorded_at_unix_nanos,
+        ).to_json()
+    document["last_decision"] = last
     return document
 
 

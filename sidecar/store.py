@@ -59,6 +59,9 @@ from sidecar.storage import (
     DataDirLock,
     DecisionLog,
     FileOps,
+    LoadedCheckpoint,
+    LogCorruptionError,
+    LogRecord,
     load_newest_valid_checkpoint,
     prune_checkpoints,
     repair_torn_tail,
@@ -212,6 +215,8 @@ class Store:
         self._window = options.history_window_epochs
         self._now = options.clock_ns
         self.recovery: RecoveryInfo | None = None
+        self._replayed_through = 0
+        self._newest_in_checkpoint = 0
         self.last_checkpoint_unix: float | None = None
         self._closed = False
 
@@ -244,50 +249,12 @@ class Store:
 
     def _recover(self, started: float) -> None:
         fileops = self.options.fileops
-        checkpoint_dir = self.data_dir / "checkpoints"
         log_dir = self.data_dir / "log"
-        fileops.makedirs(checkpoint_dir)
         fileops.makedirs(log_dir)
-        loaded, problems = load_newest_valid_checkpoint(checkpoint_dir, fileops)
-        for problem in problems:
-            log.warning("checkpoint skipped, falling back to an older one: %s", problem)
-        covered = 0
-        if loaded is not None:
-            if loaded.genesis_validators_root != self.genesis_validators_root:
-                raise DataDirError(
-                    f"checkpoint {loaded.path} belongs to genesis validators root "
-                    f"0x{loaded.genesis_validators_root.hex()}, not this directory's"
-                )
-            covered = loaded.sequence
-            try:
-                for entry in codec.decode_checkpoint_body(loaded.body):
-                    self._validators[entry.pubkey] = entry.history
-            except codec.CodecError as error:
-                raise DataDirError(f"checkpoint {loaded.path} does not decode: {error}") from error
+        loaded, problems = self._load_checkpoint()
+        covered = loaded.sequence if loaded is not None else 0
         scan = scan_log(log_dir, fileops, after_sequence=covered)
-        replayed = 0
-        pending_import: list[tuple[int, codec.ImportValidatorRecord]] = []
-        for sequence, record_type, payload in scan.records():
-            replayed += 1
-            if record_type == codec.IMPORT_VALIDATOR:
-                pending_import.append((sequence, codec.decode_import_validator(payload)))
-                continue
-            if record_type == codec.IMPORT_COMMIT:
-                if codec.decode_import_commit(payload) == len(pending_import):
-                    for import_sequence, record in pending_import:
-                        self._apply_import_locked(
-                            record.pubkey,
-                            record.minimal,
-                            record.blocks,
-                            record.attestations,
-                            sequence,
-                            import_sequence,
-                        )
-                pending_import = []
-                continue
-            # Any other record ends an import that never committed: it was not answered, so it is dropped.
-            pending_import = []
-            self._replay_record_locked(sequence, record_type, payload)
+        replayed = self._replay(scan.records())
         repaired = False
         if scan.torn_tail is not None:
             repair_torn_tail(scan.torn_tail, fileops)
@@ -310,6 +277,144 @@ class Store:
             repaired_torn_tail=repaired,
             problems=tuple(problems),
         )
+
+    def _load_checkpoint(self) -> tuple[LoadedCheckpoint | None, list[str]]:
+        """Loads the newest checkpoint that verifies into memory; says which newer ones were skipped."""
+        fileops = self.options.fileops
+        checkpoint_dir = self.data_dir / "checkpoints"
+        fileops.makedirs(checkpoint_dir)
+        loaded, problems = load_newest_valid_checkpoint(checkpoint_dir, fileops)
+        for problem in problems:
+            log.warning("checkpoint skipped, falling back to an older one: %s", problem)
+        if loaded is not None:
+            if loaded.genesis_validators_root != self.genesis_validators_root:
+                raise DataDirError(
+                    f"checkpoint {loaded.path} belongs to genesis validators root "
+                    f"0x{loaded.genesis_validators_root.hex()}, not this directory's"
+                )
+            try:
+                for entry in codec.decode_checkpoint_body(loaded.body):
+                    self._validators[entry.pubkey] = entry.history
+            except codec.CodecError as error:
+                raise DataDirError(f"checkpoint {loaded.path} does not decode: {error}") from error
+            self._replayed_through = loaded.sequence
+        return loaded, problems
+
+    def _replay(self, records: Iterable[LogRecord]) -> int:
+        """Applies log records in order; returns how many were read. `_replayed_through` follows progress, so a
+        caller that stops at damage knows the last record read before it."""
+        replayed = 0
+        pending_import: list[tuple[int, codec.ImportValidatorRecord]] = []
+        for sequence, record_type, payload in records:
+            replayed += 1
+            try:
+                if record_type == codec.IMPORT_VALIDATOR:
+                    pending_import.append((sequence, codec.decode_import_validator(payload)))
+                elif record_type == codec.IMPORT_COMMIT:
+                    if codec.decode_import_commit(payload) == len(pending_import):
+                        for import_sequence, record in pending_import:
+                            self._apply_import_locked(
+                                record.pubkey,
+                                record.minimal,
+                                record.blocks,
+                                record.attestations,
+                                sequence,
+                                import_sequence,
+                            )
+                    pending_import = []
+                else:
+                    # Any other record ends an import that never committed: it was never answered, so it is
+                    # dropped.
+                    pending_import = []
+                    self._replay_record_locked(sequence, record_type, payload)
+            except codec.CodecError as error:
+                raise DataDirError(
+                    f"log record {sequence} (type {record_type}) does not decode: {error}"
+                ) from error
+            self._replayed_through = sequence
+        return replayed
+
+    @classmethod
+    def repair(
+        cls, data_dir: Path, min_slot: int, min_epoch: int, options: StoreOptions | None = None
+    ) -> list[str]:
+        """The operator's way out of real damage. Returns the sentences saying exactly what was done.
+
+        Keeps the newest checkpoint that verifies and every log record before the first damage, discards the
+        rest (moved, not deleted, into DIR/damaged-<time>/ with the older checkpoints), raises every validator's
+        floors so that blocks need a slot above `min_slot` and attestations a source epoch at or above
+        `min_epoch` and a target epoch above it, and writes a checkpoint of the result. Nothing that might have
+        been signed in the discarded part can then be signed again, provided the bounds are above it.
+        """
+        if min_slot < 0 or min_epoch < 0:
+            raise InvalidRequestError("--min-slot and --min-epoch must not be negative")
+        options = options or StoreOptions()
+        fileops = options.fileops
+        report: list[str] = []
+        dir_lock = DataDirLock.acquire(data_dir, fileops=fileops)
+        try:
+            root = _open_identity(data_dir, None, fileops)
+            store = cls(data_dir, root, options, dir_lock)
+            loaded, problems = store._load_checkpoint()
+            report.extend(f"skipped damaged checkpoint: {problem}" for problem in problems)
+            covered = loaded.sequence if loaded is not None else 0
+            report.append(
+                f"kept checkpoint {loaded.path.name} (sequence {covered})"
+                if loaded is not None
+                else "no checkpoint verifies: starting from an empty state"
+            )
+            log_dir = data_dir / "log"
+            replayed = 0
+            try:
+                scan = scan_log(log_dir, fileops, after_sequence=covered)
+                replayed = store._replay(scan.records())
+                if scan.torn_tail is not None:
+                    tail = scan.torn_tail
+                    report.append(f"torn tail in {tail.path} at byte {tail.offset}: {tail.detail}")
+                else:
+                    report.append("no damage found in the log")
+            except LogCorruptionError as error:
+                report.append(f"damage: {error}")
+            through = store._replayed_through
+            report.append(f"kept {replayed} log records after the checkpoint, through sequence {through}")
+            quarantine = data_dir / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            moved = store._quarantine_files(quarantine)
+            if moved:
+                report.append(
+                    f"moved {moved} log segments and older checkpoints to {quarantine} (nothing deleted); "
+                    f"records after sequence {through} are discarded"
+                )
+            for history in store._validators.values():
+                history.raise_floors(min_slot, min_epoch, min_epoch)
+            report.append(
+                f"raised the lower bounds of {len(store._validators)} validators: blocks need a slot above "
+                f"{min_slot}; attestations need a source epoch of at least {min_epoch} and a target epoch above "
+                f"{min_epoch}"
+            )
+            path = write_checkpoint(
+                data_dir / "checkpoints", fileops, through, root, store._checkpoint_chunks(list(store._validators))
+            )
+            report.append(f"wrote {path.name}; the log continues at sequence {through + 1}")
+        finally:
+            dir_lock.release()
+        return report
+
+    def _quarantine_files(self, quarantine: Path) -> int:
+        """Moves every log segment and checkpoint into `quarantine`; returns how many files moved."""
+        fileops = self.options.fileops
+        moved = 0
+        for sub in ("log", "checkpoints"):
+            directory = self.data_dir / sub
+            if not fileops.is_dir(directory):
+                continue
+            for name in sorted(fileops.listdir(directory)):
+                fileops.makedirs(quarantine / sub)
+                fileops.rename(directory / name, quarantine / sub / name)
+                moved += 1
+            fileops.fsync_dir(directory)
+            if moved:
+                fileops.fsync_dir(quarantine / sub)
+        return moved
 
     def _replay_record_locked(self, sequence: int, record_type: int, payload: bytes) -> None:
         if record_type == codec.ATTESTATION_DECISION:
@@ -675,19 +780,10 @@ class Store:
             with self._lock:
                 covered = self.log.last_sequence
                 pubkeys = list(self._validators)
-            chunks = [codec.encode_checkpoint_header(len(pubkeys))]
-            newest_included = covered
-            encode = codec.encode_checkpoint_validator
-            for start in range(0, len(pubkeys), SNAPSHOT_CHUNK):
-                with self._lock:
-                    for pubkey in pubkeys[start : start + SNAPSHOT_CHUNK]:
-                        history = self._validators[pubkey]
-                        chunks.append(encode(pubkey, history))
-                        newest_included = max(newest_included, history.applied_sequence)
-                # Give the signing path the GIL between chunks.
-                time.sleep(0)
+            self._newest_in_checkpoint = covered
+            chunks = list(self._checkpoint_chunks(pubkeys))
             # The checkpoint must not hold anything the log could still lose.
-            self.log.wait_durable(newest_included)
+            self.log.wait_durable(self._newest_in_checkpoint)
             fileops = self.options.fileops
             checkpoint_dir = self.data_dir / "checkpoints"
             path = write_checkpoint(checkpoint_dir, fileops, covered, self.genesis_validators_root, chunks)
@@ -697,6 +793,22 @@ class Store:
             self.log.delete_segments_through(oldest_kept, archive_dir=archive)
             self.last_checkpoint_unix = time.time()
             return CheckpointInfo(covered, len(pubkeys), path, time.monotonic() - started)
+
+    def _checkpoint_chunks(self, pubkeys: list[bytes]) -> Iterator[bytes]:
+        """The checkpoint body: header, then each validator encoded under the lock, a chunk at a time, so that
+        signing goes on between chunks. Tracks the newest record included in `_newest_in_checkpoint`."""
+        yield codec.encode_checkpoint_header(len(pubkeys))
+        encode = codec.encode_checkpoint_validator
+        for start in range(0, len(pubkeys), SNAPSHOT_CHUNK):
+            encoded = []
+            with self._lock:
+                for pubkey in pubkeys[start : start + SNAPSHOT_CHUNK]:
+                    history = self._validators[pubkey]
+                    encoded.append(encode(pubkey, history))
+                    self._newest_in_checkpoint = max(self._newest_in_checkpoint, history.applied_sequence)
+            yield b"".join(encoded)
+            # Hand the GIL to the signing path between chunks.
+            time.sleep(0)
 
     # ---------------------------------------------------------------- closing
 

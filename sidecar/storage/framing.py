@@ -1,0 +1,286 @@
+"""Decision-log framing: the bytes of a segment file, encoded and decoded. Pure: no I/O, no state.
+
+On-disk format, version 1. All integers are little-endian.
+
+Segment header (21 bytes, at offset 0 of every segment file)::
+
+    offset  size  field
+    0       8     magic            b"SIDECLOG"
+    8       1     format version   1; a reader refuses any other value
+    9       8     first sequence   u64, the sequence number of the segment's first record
+    17      4     header CRC32C    u32 over bytes 0..16
+
+Records follow the header back to back, with no padding::
+
+    offset  size  field
+    0       4     length           u32, payload bytes (0 .. MAX_PAYLOAD_SIZE)
+    4       4     CRC32C           u32 (Castagnoli) over type + sequence + payload
+    8       1     type             u8, 1..255; 0 is reserved
+    9       8     sequence         u64
+    17      length payload         opaque to the log
+
+Why these choices:
+
+* Type 0 is reserved so that zeroed or preallocated space never decodes as a record: a torn write that
+  extended the file but never landed reads back as zeros, and zeros are recognisable.
+* The CRC covers the type and sequence as well as the payload, so a record cannot be misattributed to a
+  different sequence number. The length is not covered: a damaged length shows up as a CRC mismatch over the
+  wrong range, as an impossible length, or as a record running past the end of the data (see below).
+* ``MAX_PAYLOAD_SIZE`` (16 MiB) bounds what a damaged length field can make a reader allocate, and makes most
+  damaged lengths detectable as impossible.
+
+Decoding one record at an offset has exactly one of these outcomes (``Outcome``):
+
+* ``RECORD``: a complete record whose CRC matches.
+* ``END``: no bytes remain; the data ends cleanly on a record boundary.
+* ``TORN``: what a write interrupted by a crash leaves behind, repairable by truncation if it is at the end of
+  the last segment. Either the bytes end inside a record (a partial header, or fewer payload bytes than the
+  length says); or the bytes from the record's type field to the end are all zero (zero-filled space); or the
+  final record's CRC fails, nothing but zeros follows it, and some 512-byte-sector-aligned piece of it is all
+  zeros (a sector that never reached the disk: the rule etcd uses to tell a torn write from bit rot).
+* ``CORRUPT``: anything else: a CRC mismatch with more data after the record, a CRC mismatch at the end
+  without the zero-sector signature of a torn write, a length above ``MAX_PAYLOAD_SIZE``, type 0 followed by
+  non-zero bytes.
+* ``NEED_MORE``: only when the caller says the data is not final (``final=False``): the outcome depends on
+  bytes the caller has not supplied yet.
+
+Sequence continuity (consecutive numbers, first record matching the segment header) is a property of the log,
+not of one record; ``sidecar.storage.log`` checks it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from typing import NamedTuple
+
+import crc32c
+
+__all__ = [
+    "MAX_PAYLOAD_SIZE",
+    "RECORD_HEADER_SIZE",
+    "SEGMENT_FORMAT_VERSION",
+    "SEGMENT_HEADER_SIZE",
+    "SEGMENT_MAGIC",
+    "Decoded",
+    "FramingError",
+    "Outcome",
+    "SegmentHeader",
+    "decode_record",
+    "decode_segment_header",
+    "encode_record",
+    "encode_segment_header",
+    "find_intact_record",
+]
+
+SEGMENT_MAGIC = b"SIDECLOG"
+SEGMENT_FORMAT_VERSION = 1
+MAX_PAYLOAD_SIZE = 16 * 1024 * 1024
+SECTOR_SIZE = 512
+
+_SEGMENT_HEADER = struct.Struct("<8sBQI")
+_SEGMENT_HEADER_BODY = struct.Struct("<8sBQ")
+SEGMENT_HEADER_SIZE = _SEGMENT_HEADER.size
+
+_RECORD_HEADER = struct.Struct("<IIBQ")
+_TYPE_AND_SEQUENCE = struct.Struct("<BQ")
+RECORD_HEADER_SIZE = _RECORD_HEADER.size
+_CRC_COVERAGE_START = 8  # the CRC covers the record from its type byte onward
+_MAX_SEQUENCE = 2**64 - 1
+
+_NONZERO = re.compile(rb"[^\x00]")
+# A candidate record start when resynchronising: any offset whose type byte (offset + 8) is non-zero.
+_NONZERO_TYPE_AHEAD = re.compile(rb"(?s)(?=.{8}[^\x00])")
+
+Buffer = bytes | bytearray | memoryview
+
+
+class FramingError(ValueError):
+    """A segment header cannot be decoded. ``offset`` is the byte offset of the bad field."""
+
+    def __init__(self, offset: int, detail: str):
+        self.offset = offset
+        self.detail = detail
+        super().__init__(detail)
+
+
+class SegmentHeader(NamedTuple):
+    version: int
+    first_sequence: int
+
+
+class Outcome(enum.Enum):
+    RECORD = "record"
+    END = "end"
+    TORN = "torn"
+    CORRUPT = "corrupt"
+    NEED_MORE = "need more data"
+
+
+class Decoded(NamedTuple):
+    """Result of :func:`decode_record`.
+
+    For ``RECORD``, ``next_offset`` is where the next record starts; for every other outcome it equals the
+    offset that was decoded (where the clean end or the damage is) and ``detail`` describes the damage.
+    """
+
+    outcome: Outcome
+    sequence: int
+    record_type: int
+    payload: bytes
+    next_offset: int
+    detail: str
+
+
+def encode_segment_header(first_sequence: int) -> bytes:
+    if not 0 < first_sequence <= _MAX_SEQUENCE:
+        raise ValueError(f"first sequence {first_sequence} is out of range")
+    body = _SEGMENT_HEADER_BODY.pack(SEGMENT_MAGIC, SEGMENT_FORMAT_VERSION, first_sequence)
+    return body + struct.pack("<I", crc32c.crc32c(body))
+
+
+def decode_segment_header(data: Buffer) -> SegmentHeader:
+    """Decode the first ``SEGMENT_HEADER_SIZE`` bytes of a segment; raise :class:`FramingError` if invalid.
+
+    An unknown version is refused before the CRC is checked, so a file written by a newer format is reported
+    as such rather than as damage.
+    """
+    if len(data) < SEGMENT_HEADER_SIZE:
+        raise FramingError(0, f"segment header is {len(data)} bytes, expected {SEGMENT_HEADER_SIZE}")
+    magic, version, first_sequence, stored_crc = _SEGMENT_HEADER.unpack_from(data, 0)
+    if magic != SEGMENT_MAGIC:
+        raise FramingError(0, f"bad segment magic {bytes(magic)!r}, expected {SEGMENT_MAGIC!r}")
+    if version != SEGMENT_FORMAT_VERSION:
+        raise FramingError(
+            8, f"unsupported segment format version {version} (this build reads version {SEGMENT_FORMAT_VERSION})"
+        )
+    computed = crc32c.crc32c(memoryview(data)[: _SEGMENT_HEADER_BODY.size])
+    if computed != stored_crc:
+        raise FramingError(
+            17, f"segment header checksum mismatch (stored {stored_crc:#010x}, computed {computed:#010x})"
+        )
+    if first_sequence == 0:
+        raise FramingError(9, "segment header names first sequence 0, which is never assigned")
+    return SegmentHeader(version, first_sequence)
+
+
+def encode_record(sequence: int, record_type: int, payload: bytes | memoryview) -> bytes:
+    """Frame one record. Raise ``ValueError`` for type 0, an out-of-range sequence or an oversized payload."""
+    if not 0 < record_type <= 255:
+        raise ValueError(f"record type must be 1..255 (0 is reserved), got {record_type}")
+    if not 0 < sequence <= _MAX_SEQUENCE:
+        raise ValueError(f"sequence {sequence} is out of range")
+    if len(payload) > MAX_PAYLOAD_SIZE:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds the maximum of {MAX_PAYLOAD_SIZE}")
+    type_and_sequence = _TYPE_AND_SEQUENCE.pack(record_type, sequence)
+    crc = crc32c.crc32c(payload, crc32c.crc32c(type_and_sequence))
+    return _RECORD_HEADER.pack(len(payload), crc, record_type, sequence) + payload
+
+
+def _damage(outcome: Outcome, offset: int, detail: str) -> Decoded:
+    return Decoded(outcome, 0, 0, b"", offset, detail)
+
+
+def decode_record(data: Buffer, offset: int, *, final: bool = True, base_offset: int = 0) -> Decoded:
+    """Decode the record starting at ``data[offset]``.
+
+    ``final`` says that ``data`` holds everything up to the end of the segment; with ``final=False`` an
+    outcome that depends on unseen bytes is ``NEED_MORE``. ``base_offset`` is the position of ``data[0]`` in
+    the file: torn-write detection looks at sector boundaries, and details name file offsets.
+    """
+    end = len(data)
+    remaining = end - offset
+    where = base_offset + offset
+    if remaining == 0:
+        return _damage(Outcome.END if final else Outcome.NEED_MORE, offset, "")
+    if remaining < RECORD_HEADER_SIZE:
+        if not final:
+            return _damage(Outcome.NEED_MORE, offset, "")
+        return _damage(
+            Outcome.TORN, offset, f"only {remaining} bytes remain at offset {where}, less than a record header"
+        )
+    length, stored_crc, record_type, sequence = _RECORD_HEADER.unpack_from(data, offset)
+    if record_type == 0:
+        nonzero = _NONZERO.search(data, offset + _CRC_COVERAGE_START)
+        if nonzero is None:
+            if not final:
+                return _damage(Outcome.NEED_MORE, offset, "")
+            return _damage(Outcome.TORN, offset, f"zero-filled from offset {where} to the end")
+        return _damage(
+            Outcome.CORRUPT,
+            offset,
+            f"record type 0 (reserved) at offset {where} followed by non-zero bytes at offset "
+            f"{base_offset + nonzero.start()}",
+        )
+    if length > MAX_PAYLOAD_SIZE:
+        return _damage(
+            Outcome.CORRUPT,
+            offset,
+            f"impossible record length {length} at offset {where} (max {MAX_PAYLOAD_SIZE})",
+        )
+    frame_end = offset + RECORD_HEADER_SIZE + length
+    if frame_end > end:
+        if not final:
+            return _damage(Outcome.NEED_MORE, offset, "")
+        return _damage(
+            Outcome.TORN,
+            offset,
+            f"record at offset {where} needs {RECORD_HEADER_SIZE + length} bytes but only {remaining} remain",
+        )
+    view = memoryview(data)
+    computed_crc = crc32c.crc32c(view[offset + _CRC_COVERAGE_START : frame_end])
+    if computed_crc != stored_crc:
+        mismatch = (
+            f"checksum mismatch in record at offset {where} "
+            f"(stored {stored_crc:#010x}, computed {computed_crc:#010x})"
+        )
+        nonzero = _NONZERO.search(data, frame_end)
+        if nonzero is not None:
+            return _damage(
+                Outcome.CORRUPT, offset, f"{mismatch} with more data after it at offset {base_offset + frame_end}"
+            )
+        if not final:
+            return _damage(Outcome.NEED_MORE, offset, "")
+        if _has_zero_sector_piece(view, offset, frame_end, base_offset):
+            return _damage(Outcome.TORN, offset, f"{mismatch}; the final record holds a zeroed sector")
+        return _damage(Outcome.CORRUPT, offset, f"{mismatch} in the final record, with no sign of a torn write")
+    return Decoded(
+        Outcome.RECORD, sequence, record_type, bytes(view[offset + RECORD_HEADER_SIZE : frame_end]), frame_end, ""
+    )
+
+
+def _has_zero_sector_piece(view: memoryview, start: int, end: int, base_offset: int) -> bool:
+    """True if a piece of ``view[start:end]``, cut at sector boundaries of the file, is entirely zero."""
+    piece_start = start
+    while piece_start < end:
+        file_offset = base_offset + piece_start
+        piece_end = min(end, piece_start + SECTOR_SIZE - file_offset % SECTOR_SIZE)
+        if _NONZERO.search(view[piece_start:piece_end]) is None:
+            return True
+        piece_start = piece_end
+    return False
+
+
+def find_intact_record(data: Buffer, start: int, *, min_sequence: int, max_sequence: int) -> int | None:
+    """Offset of the first complete, CRC-valid record at or after ``start`` with a sequence number in
+    ``[min_sequence, max_sequence]``, looking at every byte offset; ``None`` if there is none.
+
+    Used before truncating a torn tail: a damaged length field can make a record seem to run past the end of
+    the data, and intact records after it prove the damage is not a torn write.
+    """
+    view = memoryview(data)
+    end = len(data)
+    for match in _NONZERO_TYPE_AHEAD.finditer(data, start):
+        candidate = match.start()
+        if end - candidate < RECORD_HEADER_SIZE:
+            return None
+        length, stored_crc, _, sequence = _RECORD_HEADER.unpack_from(data, candidate)
+        if not min_sequence <= sequence <= max_sequence or length > MAX_PAYLOAD_SIZE:
+            continue
+        frame_end = candidate + RECORD_HEADER_SIZE + length
+        if frame_end > end:
+            continue
+        if crc32c.crc32c(view[candidate + _CRC_COVERAGE_START : frame_end]) == stored_crc:
+            return candidate
+    return None
