@@ -273,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             None if args.history_window_epochs is None else int(args.history_window_epochs)
         ),
         archive_segments=bool(args.archive_segments),
+        segment_bytes=int(args.log_segment_bytes),
         metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert and Path(args.tls_cert),
         tls_key=args.tls_key and Path(args.tls_key),
@@ -281,6 +282,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_concurrent_rpcs=None if args.max_concurrent_rpcs is None else int(args.max_concurrent_rpcs),
         shutdown_grace=float(args.shutdown_grace),
     )
+    if config.segment_bytes < 4096:
+        raise ConfigurationError("--log-segment-bytes must be at least 4096")
     if config.checkpoint_keep < 1:
         raise ConfigurationError("--checkpoint-keep must be at least 1")
     asyncio.run(run(config))

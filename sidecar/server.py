@@ -178,6 +178,8 @@ class SidecarServer:
                 config.metrics_listen, self.metrics.registry, ready=lambda: self._serving
             )
             self._metrics_http.start()
+            metrics_host = config.metrics_listen.rsplit(":", 1)[0]
+            log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", metrics_host, self._metrics_http.port)
         host = config.listen.rsplit(":", 1)[0]
         log.info("serving on %s:%d (not ready until recovery finishes)", host, port)
         return port
