@@ -46,7 +46,7 @@ def _env(name: str) -> str | None:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
 
 
-def _option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+def _option(parser: argparse.ArgumentParser | argparse._ActionsContainer, flag: str, **kwargs: Any) -> None:
     """An option whose default comes from SLASHING_SIDECAR_<OPTION> when set."""
     name = flag.lstrip("-")
     value = _env(name)

@@ -165,9 +165,9 @@ class SidecarServer:
                 root_certificates=client_ca,
                 require_client_auth=client_ca is not None,
             )
-            port = server.add_secure_port(config.listen, credentials)
+            port = int(server.add_secure_port(config.listen, credentials))
         else:
-            port = server.add_insecure_port(config.listen)
+            port = int(server.add_insecure_port(config.listen))
         if port == 0:
             raise ConfigurationError(f"cannot listen on {config.listen}")
         await server.start()
@@ -195,7 +195,7 @@ class SidecarServer:
             checkpoint_keep=config.checkpoint_keep,
             archive_segments=config.archive_segments,
             fileops=config.fileops,
-            on_health_change=lambda healthy: loop.call_soon_threadsafe(self._on_log_health, healthy),
+            on_health_change=lambda healthy: self._call_soon(loop, healthy),
             on_fsync=self.metrics.observe_fsync,
         )
         try:
@@ -246,6 +246,10 @@ class SidecarServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in HEALTH_SERVICES:
             await self._health.set(service, status)
+
+    def _call_soon(self, loop: asyncio.AbstractEventLoop, healthy: bool) -> None:
+        """From the log's flusher thread: hand the health change to the event loop."""
+        loop.call_soon_threadsafe(self._on_log_health, healthy)
 
     def _on_log_health(self, healthy: bool) -> None:
         self.holder.log_healthy = healthy

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 from grpc import aio
@@ -63,6 +63,12 @@ U64_MAX = 2**64 - 1
 # batches, and a batch this size still answers within a few milliseconds.
 MAX_BATCH_SIZE = 10_000
 EXPORT_CHUNK_BYTES = 256 * 1024
+
+
+def _proto_reason(reason: int) -> signing_pb2.Reason:
+    """Our Reason values are the proto's numbers (see sidecar.rules.Reason)."""
+    return cast(signing_pb2.Reason, int(reason))
+
 
 _VERDICT_ALLOWED = signing_pb2.VERDICT_ALLOWED
 _VERDICT_REFUSED = signing_pb2.VERDICT_REFUSED
@@ -210,7 +216,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         response = signing_pb2.CheckAndRecordBlockResponse(
             decision=_SigningDecision(
                 verdict=_VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED,
-                reason=decision.reason,
+                reason=_proto_reason(decision.reason),
                 message=decision.message,
                 sequence=sequence,
             )
@@ -239,7 +245,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         response = signing_pb2.CheckAndRecordAttestationResponse(
             decision=_SigningDecision(
                 verdict=_VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED,
-                reason=decision.reason,
+                reason=_proto_reason(decision.reason),
                 message=decision.message,
                 sequence=sequence,
             )
@@ -284,17 +290,20 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
             await _abort(context, error)
         tally = self._tally
         decisions = []
-        for item, (decision, sequence) in zip(batch, decided, strict=True):
+        for attestation, (decision, sequence) in zip(batch, decided, strict=True):
             allowed = decision.allowed
             tally["attestation", decision.reason] += 1
             if not allowed:
                 _log_refusal(
-                    "attestation", item.pubkey, f"source {item.source_epoch}, target {item.target_epoch}", decision
+                    "attestation",
+                    attestation.pubkey,
+                    f"source {attestation.source_epoch}, target {attestation.target_epoch}",
+                    decision,
                 )
             decisions.append(
                 _SigningDecision(
                     verdict=_VERDICT_ALLOWED if allowed else _VERDICT_REFUSED,
-                    reason=decision.reason,
+                    reason=_proto_reason(decision.reason),
                     message=decision.message,
                     sequence=sequence,
                 )
@@ -404,7 +413,9 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
             validators=result.validators,
             imported=result.imported,
             results=[
-                interchange_pb2.ValidatorImportResult(pubkey=r.pubkey, status=int(r.status), message=r.message)
+                interchange_pb2.ValidatorImportResult(
+                    pubkey=r.pubkey, status=cast(interchange_pb2.ImportStatus, int(r.status)), message=r.message
+                )
                 for r in result.results
             ],
             results_omitted=result.results_omitted,
@@ -557,6 +568,6 @@ def decision_record_message(record: Any) -> admin_pb2.DecisionRecord:
         target_epoch=record.target_epoch or 0,
         signing_root=record.signing_root,
         verdict=_VERDICT_ALLOWED if record.reason.allows else _VERDICT_REFUSED,
-        reason=int(record.reason),
+        reason=_proto_reason(record.reason),
         recorded_at_unix_nanos=record.unix_nanos,
     )

@@ -858,8 +858,8 @@ def _minified(
     reduced = len(blocks) > 1 or len(attestations) > 1
     reduced = reduced or any(root is not None for _, root in blocks)
     reduced = reduced or any(root is not None for _, _, root in attestations)
-    minified_blocks = [(max(slot for slot, _ in blocks), None)] if blocks else []
-    minified_attestations = (
+    minified_blocks: list[tuple[int, bytes | None]] = [(max(slot for slot, _ in blocks), None)] if blocks else []
+    minified_attestations: list[tuple[int, int, bytes | None]] = (
         [(max(a[0] for a in attestations), max(a[1] for a in attestations), None)] if attestations else []
     )
     return minified_blocks, minified_attestations, reduced
@@ -915,7 +915,7 @@ def _open_identity(data_dir: Path, genesis_validators_root: bytes | None, fileop
             raise ValueError("not a JSON object")
         if document.get("format") != IDENTITY_FORMAT:
             raise DataDirError(f"{path}: unknown identity format {document.get('format')!r}")
-        root_text = document["genesis_validators_root"]
+        root_text = str(document["genesis_validators_root"])
         root = bytes.fromhex(root_text[2:]) if root_text.startswith("0x") else b""
         if len(root) != ROOT_SIZE:
             raise ValueError("genesis_validators_root is not 0x-prefixed 32-byte hex")
