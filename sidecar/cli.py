@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _option(
         serve,
+        "--log-segment-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="size at which the decision log starts a new segment (default 64 MiB)",
+    )
+    _option(
+        serve,
         "--archive-segments",
         action="store_true",
         help="move log segments covered by checkpoints to DIR/archive instead of deleting them",

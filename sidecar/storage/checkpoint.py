@@ -172,7 +172,8 @@ def list_checkpoints(directory: Path, fileops: FileOps) -> list[CheckpointFile]:
 
 
 def read_checkpoint(path: Path, fileops: FileOps) -> LoadedCheckpoint:
-    """Read and verify one checkpoint; raise :class:`CheckpointError` naming the file if it is not valid."""
+    """Read and verify one checkpoint; raise :class:`CheckpointError` naming the file if it is not valid
+    (or :class:`StorageIOError` if it cannot be read)."""
     return _read(Path(path), fileops, keep_body=True)
 
 
@@ -185,6 +186,8 @@ def verify_checkpoint(path: Path, fileops: FileOps | None = None) -> str | None:
         _read(Path(path), fileops or FileOps(), keep_body=False)
     except CheckpointError as error:
         return str(error)
+    except StorageError as error:
+        return f"{path}: cannot be read: {error}"
     return None
 
 
@@ -207,6 +210,10 @@ def load_newest_valid_checkpoint(directory: Path, fileops: FileOps) -> tuple[Loa
         except CheckpointError as error:
             problems.append(str(error))
             continue
+        except StorageError as error:
+            # An unreadable file is skipped like a damaged one: an older checkpoint may still be readable.
+            problems.append(f"{candidate.path}: cannot be read: {error}")
+            continue
         return loaded, problems
     return None, problems
 
@@ -216,7 +223,10 @@ def prune_checkpoints(directory: Path, fileops: FileOps, keep: int) -> list[int]
 
     Damaged files newer than the oldest one kept are left in place for inspection (recovery skips them and
     says so). Returns the sequences kept, newest first: prune the decision log only through the smallest, so
-    that falling back to any kept checkpoint still finds the log records after it.
+    that falling back to any kept checkpoint still finds the log records after it. An empty list means no
+    checkpoint verifies: nothing was deleted, and the log must not be pruned either. An I/O error raises
+    (:class:`StorageIOError`) rather than counting as damage, so a failing disk never looks like "no valid
+    checkpoint".
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
@@ -225,8 +235,11 @@ def prune_checkpoints(directory: Path, fileops: FileOps, keep: int) -> list[int]
     removed: list[Path] = []
     for candidate in list_checkpoints(directory, fileops):
         if len(kept) < keep:
-            if verify_checkpoint(candidate.path, fileops) is None:
-                kept.append(candidate.sequence)
+            try:
+                _read(candidate.path, fileops, keep_body=False)
+            except CheckpointError:
+                continue
+            kept.append(candidate.sequence)
             continue
         fileops.unlink(candidate.path)
         removed.append(candidate.path)
@@ -250,16 +263,12 @@ def remove_temporary_checkpoints(directory: Path, fileops: FileOps) -> list[Path
 
 
 def _read(path: Path, fileops: FileOps, *, keep_body: bool) -> LoadedCheckpoint:
+    """Raise :class:`CheckpointError` for damaged content; I/O errors propagate as they are."""
+    fd = fileops.open_read(path)
     try:
-        fd = fileops.open_read(path)
-        try:
-            return _read_open(path, fileops, fd, keep_body=keep_body)
-        finally:
-            fileops.close(fd)
-    except CheckpointError:
-        raise
-    except StorageError as error:
-        raise CheckpointError(f"{path}: cannot be read: {error}") from error
+        return _read_open(path, fileops, fd, keep_body=keep_body)
+    finally:
+        fileops.close(fd)
 
 
 def _read_open(path: Path, fileops: FileOps, fd: int, *, keep_body: bool) -> LoadedCheckpoint:
