@@ -26,6 +26,7 @@ from sidecar import __version__
 from sidecar.errors import ConfigurationError, SidecarError
 from sidecar.logs import configure_logging
 from sidecar.networks import NETWORKS, genesis_validators_root_for, parse_hex, parse_root_hex
+from sidecar.storage import StorageError
 
 __all__ = ["main"]
 
@@ -510,15 +511,30 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _fail(message: str, json_lines: bool) -> None:
+    """The one line an error gets: a JSON object when the operator asked for JSON logs."""
+    if json_lines:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
+        line = json.dumps({"time": stamp, "level": "error", "logger": "sidecar.cli", "message": message})
+    else:
+        line = f"slashing-sidecar: error: {message}"
+    print(line, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's C core logs handshake failures and the like straight to stderr, outside our formats; errors still
+    # show, and everything the sidecar itself reports goes through its own logging.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    json_lines = False
     try:
         args = build_parser().parse_args(argv)
+        json_lines = getattr(args, "log_format", "text") == "json"
         return COMMANDS[args.command](args)
     except ConfigurationError as error:
-        print(f"slashing-sidecar: error: {error}", file=sys.stderr)
+        _fail(str(error), json_lines)
         return EXIT_USAGE
-    except SidecarError as error:
-        print(f"slashing-sidecar: error: {error}", file=sys.stderr)
+    except (SidecarError, StorageError) as error:
+        _fail(str(error), json_lines)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("slashing-sidecar: interrupted", file=sys.stderr)
@@ -526,5 +542,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_FAILED
     except Exception as error:  # the promise is one line, never a traceback; the type helps a bug report
-        print(f"slashing-sidecar: error: unexpected {type(error).__name__}: {error}", file=sys.stderr)
+        _fail(f"unexpected {type(error).__name__}: {error}", json_lines)
         return EXIT_FAILED

@@ -209,6 +209,19 @@ class ValidatorHistory:
         """Attestation roots (32 bytes each) and their known flags, aligned with `targets` (for checkpoints)."""
         return self._roots, self._root_known
 
+    def fingerprint(self) -> tuple[object, ...]:
+        """A value equal for equal records and floors: tells whether an operation changed anything."""
+        return (
+            tuple(sorted(self.blocks.items())),
+            self.targets.tobytes(),
+            self.sources.tobytes(),
+            bytes(self._roots),
+            bytes(self._root_known),
+            self.slot_floor,
+            self.source_epoch_floor,
+            self.target_epoch_floor,
+        )
+
     # ---------------------------------------------------------------- changes
 
     def load_attestation_arrays(

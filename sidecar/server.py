@@ -52,6 +52,8 @@ log = logging.getLogger("sidecar.server")
 
 SIGNING_SERVICE = signing_pb2.DESCRIPTOR.services_by_name["SlashingProtectionService"].full_name
 HEALTH_SERVICES = ("", SIGNING_SERVICE)
+# Time between reporting NOT_SERVING and closing the port, within the shutdown grace period.
+SHUTDOWN_NOTICE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class SidecarServer:
             " (torn tail repaired)" if recovery.repaired_torn_tail else "",
             recovery.seconds,
             extra={
+                "genesis_validators_root": "0x" + store.genesis_validators_root.hex(),
                 "version": __version__,
                 "data_dir": str(config.data_dir),
                 "validators": recovery.validators,
@@ -260,6 +263,11 @@ class SidecarServer:
             log.error("decision log cannot be made durable: refusing every signing request until it recovers")
         if self.holder.accepting:
             self._health_update = asyncio.ensure_future(self._set_serving(healthy))
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound metrics port (useful with --metrics-listen HOST:0), or None when metrics are off."""
+        return self._metrics_http.port if self._metrics_http is not None else None
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -300,7 +308,13 @@ class SidecarServer:
                 await self._checkpoint_task
             self._checkpoint_task = None
         if self._server is not None:
-            await self._server.stop(grace)
+            # Calls that arrive now are answered UNAVAILABLE by the servicers (safe to retry elsewhere or later);
+            # gRPC itself would cancel those still queued once stop() begins, so give clients that watch health a
+            # moment to notice NOT_SERVING first.
+            drain = min(SHUTDOWN_NOTICE_SECONDS, grace)
+            if drain > 0:
+                await asyncio.sleep(drain)
+            await self._server.stop(max(grace - drain, 0))
             self._server = None
         store, self.holder.store = self.holder.store, None
         if store is not None:
@@ -312,13 +326,24 @@ class SidecarServer:
 
 
 async def run(config: ServeConfig, on_ready: Callable[[SidecarServer], Any] | None = None) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully. Raises if recovery fails."""
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully. Raises if recovery fails.
+
+    Further signals during the shutdown are logged and ignored: the drain, the final fsync and the final
+    checkpoint finish within the grace period anyway, and a supervisor that must stop the process sooner uses
+    SIGKILL, which recovery handles.
+    """
     server = SidecarServer(config)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("received %s while shutting down: still finishing the shutdown", signum.name)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         try:
             await server.recover()
@@ -328,7 +353,7 @@ async def run(config: ServeConfig, on_ready: Callable[[SidecarServer], Any] | No
         if on_ready is not None:
             on_ready(server)
         await stop.wait()
+        await server.stop()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-    await server.stop()

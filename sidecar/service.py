@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -313,54 +312,110 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         return response
 
 
-class _ChunkReader(io.RawIOBase):
-    """A blocking file over chunks fed from the event loop: lets the store's streaming parser run in a thread
-    while the client stream is still arriving. `None` in the queue ends the stream; an exception aborts it."""
+def _run_in_own_thread(function: Callable[[], Any], name: str) -> asyncio.Future[Any]:
+    """Runs a long blocking job in a thread of its own (never the loop's shared executor, which the job's own
+    feeding could then starve) and returns a future for its result on the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
 
-    def __init__(self, chunks: queue.Queue[bytes | BaseException | None]) -> None:
-        self._chunks = chunks
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        try:
+            result = function()
+        except BaseException as error:  # handed to the loop, which re-raises it to the awaiting call
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    # If the awaiting call goes away first (client cancelled), nobody retrieves the job's failure: mark it
+    # retrieved so asyncio does not report it as lost.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+class _StreamReader(io.RawIOBase):
+    """A blocking file over a gRPC client stream, for a parser running in its own thread: each read pulls the
+    next chunk from the event loop, so the client's pace is the parser's pace and nothing piles up."""
+
+    def __init__(
+        self, requests: AsyncIterator[interchange_pb2.ImportInterchangeRequest], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._requests = requests
+        self._loop = loop
         self._buffer = b""
         self._ended = False
 
     def readable(self) -> bool:
         return True
 
+    async def _next_chunk(self) -> bytes | None:
+        try:
+            request = await self._requests.__anext__()
+        except StopAsyncIteration:
+            return None
+        return bytes(request.chunk)
+
     def readinto(self, target: Any) -> int:
         while not self._buffer and not self._ended:
-            item = self._chunks.get()
-            if item is None:
+            chunk = asyncio.run_coroutine_threadsafe(self._next_chunk(), self._loop).result()
+            if chunk is None:
                 self._ended = True
-            elif isinstance(item, BaseException):
-                raise item
             else:
-                self._buffer = item
+                self._buffer = chunk
         size = min(len(target), len(self._buffer))
         target[:size] = self._buffer[:size]
         self._buffer = self._buffer[size:]
         return size
 
 
-class _ChunkWriter(io.RawIOBase):
-    """A blocking file whose writes become chunks for the event loop, bounded so a slow client slows the export."""
+class _StreamWriter(io.RawIOBase):
+    """A blocking file whose writes become chunks on an asyncio queue, for an exporter in its own thread.
 
-    def __init__(self, chunks: queue.Queue[bytes | BaseException | None]) -> None:
+    The queue is bounded, so a slow client slows the export; once `cancelled` is set (the client went away) every
+    write raises, so the exporting thread ends instead of waiting forever on a queue nobody reads.
+    """
+
+    def __init__(self, chunks: asyncio.Queue[bytes | None], loop: asyncio.AbstractEventLoop) -> None:
         self._chunks = chunks
+        self._loop = loop
         self._pending = bytearray()
+        self.cancelled = threading.Event()
 
     def writable(self) -> bool:
         return True
 
+    def _put(self, item: bytes | None) -> None:
+        future = asyncio.run_coroutine_threadsafe(self._chunks.put(item), self._loop)
+        while True:
+            if self.cancelled.is_set():
+                future.cancel()
+                raise ConnectionAbortedError("export cancelled by the client")
+            try:
+                future.result(timeout=0.5)
+                return
+            except TimeoutError:
+                continue
+
     def write(self, data: Any) -> int:
         self._pending += data
         if len(self._pending) >= EXPORT_CHUNK_BYTES:
-            self._chunks.put(bytes(self._pending))
+            self._put(bytes(self._pending))
             self._pending.clear()
         return len(data)
 
-    def flush(self) -> None:
+    def finish(self) -> None:
         if self._pending:
-            self._chunks.put(bytes(self._pending))
+            self._put(bytes(self._pending))
             self._pending.clear()
+        self._put(None)
 
 
 class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
@@ -373,8 +428,6 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
         request_iterator: AsyncIterator[interchange_pb2.ImportInterchangeRequest],
         context: aio.ServicerContext[Any, Any],
     ) -> interchange_pb2.ImportInterchangeResponse:
-        loop = asyncio.get_running_loop()
-        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=64)
         metrics = self._metrics
         read_so_far = [0]
 
@@ -384,21 +437,10 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
 
         try:
             store = self._holder.require()
-
-            def run_import() -> Any:
-                return store.import_interchange(io.BufferedReader(_ChunkReader(chunks)), progress=progress)
-
-            task = loop.run_in_executor(None, run_import)
-            try:
-                async for request in request_iterator:
-                    if task.done():
-                        break  # the parser refused the document already; stop reading
-                    await asyncio.to_thread(chunks.put, request.chunk)
-                await asyncio.to_thread(chunks.put, None)
-            except BaseException as error:
-                await asyncio.to_thread(chunks.put, ConnectionAbortedError("client stream ended"))
-                raise error
-            result = await task
+            source = io.BufferedReader(_StreamReader(request_iterator, asyncio.get_running_loop()))
+            result = await _run_in_own_thread(
+                lambda: store.import_interchange(source, progress=progress), name="import"
+            )
         except Exception as error:
             metrics.imports.labels("refused").inc()
             await _abort(context, error)
@@ -425,33 +467,38 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
     async def ExportInterchange(
         self, request: interchange_pb2.ExportInterchangeRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[interchange_pb2.ExportInterchangeResponse]:
+        writer: _StreamWriter | None = None
         try:
             store = self._holder.require()
             pubkeys = list(request.pubkeys) or None
             for pubkey in pubkeys or ():
                 _check_bytes(pubkey, PUBKEY_SIZE, "pubkeys[]")
-            chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=16)
+            chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+            writer = _StreamWriter(chunks, asyncio.get_running_loop())
+            stream_writer = writer
 
             def run_export() -> None:
-                writer = _ChunkWriter(chunks)
-                try:
-                    store.export_interchange(writer, pubkeys)  # type: ignore[arg-type]
-                    writer.flush()
-                    chunks.put(None)
-                except BaseException as error:  # handed to the event loop, which aborts the call
-                    chunks.put(error)
+                store.export_interchange(stream_writer, pubkeys)  # type: ignore[arg-type]
+                stream_writer.finish()
 
-            thread = threading.Thread(target=run_export, name="export", daemon=True)
-            thread.start()
+            done = _run_in_own_thread(run_export, name="export")
             while True:
-                item = await asyncio.to_thread(chunks.get)
+                next_chunk = asyncio.ensure_future(chunks.get())
+                await asyncio.wait({next_chunk, done}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_chunk.done():
+                    next_chunk.cancel()
+                    done.result()  # the exporter failed before its end marker: raise its error
+                    continue
+                item = next_chunk.result()
                 if item is None:
                     break
-                if isinstance(item, BaseException):
-                    raise item
                 yield interchange_pb2.ExportInterchangeResponse(chunk=item)
+            await done
         except Exception as error:
             await _abort(context, error)
+        finally:
+            if writer is not None:
+                writer.cancelled.set()
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -536,6 +583,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             pubkey = request.pubkey or None
             if pubkey is not None:
                 _check_bytes(pubkey, PUBKEY_SIZE, "pubkey")
+            # Refusals already answered may still ride the next flush: read only once they are on disk too.
+            await self._durability.wait(store, store.log.last_sequence)
             records = store.decisions(pubkey, request.since_sequence)
             while True:
                 batch = await asyncio.to_thread(_take, records, 512)

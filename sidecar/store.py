@@ -514,6 +514,7 @@ class Store:
             self._validators[pubkey] = history
         elif history.applied_sequence >= commit_sequence:
             return ImportStatus.UNCHANGED  # replay over a checkpoint that already holds this import
+        before = history.fingerprint() if minimal else None
         changed = False
         conflict = False
         for slot, root in blocks:
@@ -526,6 +527,8 @@ class Store:
             conflict = conflict or outcome == 2
         if minimal:
             history.minify()
+            # Minifying can change a history that every imported record already matched.
+            changed = history.fingerprint() != before
         history.applied_sequence = max(history.applied_sequence, commit_sequence, record_sequence)
         if conflict:
             return ImportStatus.IMPORTED_SLASHABLE_DATA
@@ -603,17 +606,19 @@ class Store:
     # ---------------------------------------------------------------- registration
 
     def register_validators(self, pubkeys: list[bytes]) -> tuple[int, int, int]:
-        """Registers keys; returns (newly registered, already registered, sequence of the record or 0)."""
+        """Registers keys; returns (newly registered, already registered before, sequence of the record or 0),
+        counting each distinct key once."""
         for pubkey in pubkeys:
             if len(pubkey) != PUBKEY_SIZE:
                 raise InvalidRequestError(f"pubkey must be {PUBKEY_SIZE} bytes, got {len(pubkey)}")
+        distinct = list(dict.fromkeys(pubkeys))
         with self._lock:
-            new = list(dict.fromkeys(pk for pk in pubkeys if pk not in self._validators))
+            new = [pubkey for pubkey in distinct if pubkey not in self._validators]
             if not new:
-                return 0, len(pubkeys), 0
+                return 0, len(distinct), 0
             sequence = self.log.append(codec.REGISTER, codec.encode_register(new))
             self._apply_register_locked(new, sequence)
-        return len(new), len(pubkeys) - len(new), sequence
+        return len(new), len(distinct) - len(new), sequence
 
     def is_registered(self, pubkey: bytes) -> bool:
         return pubkey in self._validators
@@ -788,9 +793,11 @@ class Store:
             checkpoint_dir = self.data_dir / "checkpoints"
             path = write_checkpoint(checkpoint_dir, fileops, covered, self.genesis_validators_root, chunks)
             kept = prune_checkpoints(checkpoint_dir, fileops, keep=self.options.checkpoint_keep)
-            oldest_kept = min(kept) if kept else covered
-            archive = self.data_dir / "archive" if self.options.archive_segments else None
-            self.log.delete_segments_through(oldest_kept, archive_dir=archive)
+            # Only log segments every kept checkpoint covers may go; if none verifies (the one just written was
+            # damaged on its way to disk), the log is the only copy and stays whole.
+            if kept:
+                archive = self.data_dir / "archive" if self.options.archive_segments else None
+                self.log.delete_segments_through(min(kept), archive_dir=archive)
             self.last_checkpoint_unix = time.time()
             return CheckpointInfo(covered, len(pubkeys), path, time.monotonic() - started)
 

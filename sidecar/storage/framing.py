@@ -67,6 +67,7 @@ __all__ = [
     "FramingError",
     "Outcome",
     "SegmentHeader",
+    "decode_intact_records",
     "decode_record",
     "decode_segment_header",
     "encode_record",
@@ -248,6 +249,34 @@ def decode_record(data: Buffer, offset: int, *, final: bool = True, base_offset:
     return Decoded(
         Outcome.RECORD, sequence, record_type, bytes(view[offset + RECORD_HEADER_SIZE : frame_end]), frame_end, ""
     )
+
+
+def decode_intact_records(
+    data: Buffer, offset: int, max_records: int = 512
+) -> tuple[list[tuple[int, int, bytes, int]], int]:
+    """Decode the run of complete, CRC-valid records starting at ``offset``: the fast path of reading.
+
+    Returns ``(records, stop)``: each record as ``(sequence, record_type, payload, offset)``, and the offset
+    where the run stopped. It stops after ``max_records``, or at the first frame that is not a complete valid
+    record, without saying why; the caller classifies what is at ``stop`` with :func:`decode_record`.
+    Sequence continuity is not checked here.
+    """
+    unpack = _RECORD_HEADER.unpack_from
+    checksum = crc32c.crc32c
+    end = len(data)
+    records: list[tuple[int, int, bytes, int]] = []
+    append = records.append
+    with memoryview(data) as view:
+        while end - offset >= RECORD_HEADER_SIZE and len(records) < max_records:
+            length, stored_crc, record_type, sequence = unpack(data, offset)
+            frame_end = offset + RECORD_HEADER_SIZE + length
+            if record_type == 0 or length > MAX_PAYLOAD_SIZE or frame_end > end:
+                break
+            if checksum(view[offset + _CRC_COVERAGE_START : frame_end]) != stored_crc:
+                break
+            append((sequence, record_type, bytes(view[offset + RECORD_HEADER_SIZE : frame_end]), offset))
+            offset = frame_end
+    return records, offset
 
 
 def _has_zero_sector_piece(view: memoryview, start: int, end: int, base_offset: int) -> bool:

@@ -54,6 +54,7 @@ from sidecar.storage.framing import (
     SEGMENT_HEADER_SIZE,
     FramingError,
     Outcome,
+    decode_intact_records,
     decode_record,
     decode_segment_header,
     encode_record,
@@ -176,11 +177,13 @@ class _SegmentReader:
         self._fileops = fileops
         self._chunk_bytes = chunk_bytes
 
-    def records(self) -> Iterator[LogRecord]:
+    def records(self, after_sequence: int = 0) -> Iterator[LogRecord]:
+        """The segment's records with ``sequence > after_sequence`` (all are checked, whatever they are)."""
         segment = self.segment
         fileops = self._fileops
         path = segment.path
         expected = segment.first_sequence
+        new_record = tuple.__new__  # LogRecord(...) without the keyword-handling constructor: the hot path
         fd = fileops.open_read(path)
         try:
             buffer = bytearray()
@@ -189,19 +192,27 @@ class _SegmentReader:
             read_offset = SEGMENT_HEADER_SIZE
             at_end = False
             while True:
+                intact, stop = decode_intact_records(buffer, position)
+                if intact:
+                    for sequence, record_type, payload, offset in intact:
+                        if sequence != expected:
+                            raise LogCorruptionError(
+                                path, buffer_start + offset, self._sequence_problem(sequence, expected)
+                            )
+                        expected += 1
+                        if sequence > after_sequence:
+                            yield new_record(LogRecord, (sequence, record_type, payload))
+                    self.record_count = expected - segment.first_sequence
+                    self.last_sequence = expected - 1
+                    position = stop
+                    continue  # the run may have stopped only because the batch was full
                 decoded = decode_record(buffer, position, final=at_end, base_offset=buffer_start)
                 outcome = decoded.outcome
                 if outcome is Outcome.RECORD:
-                    if decoded.sequence != expected:
-                        raise LogCorruptionError(
-                            path, buffer_start + position, self._sequence_problem(decoded.sequence, expected)
-                        )
-                    position = decoded.next_offset
-                    self.last_sequence = expected
-                    self.record_count += 1
-                    expected += 1
-                    yield LogRecord(decoded.sequence, decoded.record_type, decoded.payload)
-                elif outcome is Outcome.NEED_MORE:
+                    raise AssertionError(
+                        f"{path}: the fast path refused the intact record at {buffer_start + position}"
+                    )
+                if outcome is Outcome.NEED_MORE:
                     chunk = fileops.pread(fd, self._chunk_bytes, read_offset)
                     if not chunk:
                         at_end = True
@@ -213,23 +224,24 @@ class _SegmentReader:
                     buffer_start += position
                     position = 0
                     buffer += chunk
-                else:
-                    self.outcome = outcome
-                    self.end_offset = buffer_start + position
-                    self.detail = decoded.detail
-                    if outcome is Outcome.TORN:
-                        self._refuse_torn_if_intact_record_follows(buffer, position, buffer_start, expected)
-                    return
+                    continue
+                self.outcome = outcome
+                self.end_offset = buffer_start + position
+                self.detail = decoded.detail
+                if outcome is Outcome.TORN:
+                    self._refuse_torn_if_intact_record_follows(buffer, position, buffer_start, expected)
+                return
         finally:
             fileops.close(fd)
 
     def _sequence_problem(self, found: int, expected: int) -> str:
-        if self.record_count == 0:
+        if expected == self.segment.first_sequence:
             named = self.segment.first_sequence
             return f"first record has sequence {found} but the segment's name and header say {named}"
         if found < expected:
             return f"sequence {found} does not increase (expected {expected})"
-        return f"sequence gap: expected {expected}, found {found} (records {expected}..{found - 1} are missing)"
+        missing = f"record {expected} is" if found == expected + 1 else f"records {expected}..{found - 1} are"
+        return f"sequence gap: expected {expected}, found {found} ({missing} missing)"
 
     def _refuse_torn_if_intact_record_follows(
         self, buffer: bytearray, position: int, buffer_start: int, expected: int
@@ -274,6 +286,7 @@ class LogScan:
         self._fileops = fileops
         self._require_continuity = require_continuity
         self._started = False
+        self._generator: Iterator[LogRecord] | None = None
         self._finished = False
         self._torn_tail: TornTail | None = None
         self._has_records = False
@@ -288,7 +301,20 @@ class LogScan:
         if self._started:
             raise RuntimeError("a LogScan can be iterated only once")
         self._started = True
-        return self._records()
+        self._generator = self._records()
+        return self._generator
+
+    def close(self) -> None:
+        """Abandon an unfinished iteration now, closing the segment file it holds open."""
+        generator = self._generator
+        if generator is not None and hasattr(generator, "close"):
+            generator.close()
+
+    def __enter__(self) -> LogScan:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def consume(self) -> LogScan:
         """Read to the end, discarding the records (to validate, or when the caller needs only the outcome)."""
@@ -342,9 +368,7 @@ class LogScan:
                     f"at {segment.first_sequence}",
                 )
             reader = _SegmentReader(self._fileops, segment)
-            for record in reader.records():
-                if record.sequence > after:
-                    yield record
+            yield from reader.records(after)
             self._record_count += reader.record_count
             self._has_records = self._has_records or reader.record_count > 0
             if reader.outcome is Outcome.TORN:
@@ -406,6 +430,10 @@ def read_records(directory: Path, fileops: FileOps, *, after_sequence: int = 0) 
 
     Unlike :func:`scan_log` the log may start anywhere (older segments may have been deleted or archived). A
     torn tail is reported in ``torn_tail`` after iteration; other damage raises :class:`LogCorruptionError`.
+
+    It may run while a :class:`DecisionLog` appends to the same directory: a batch being written at that
+    moment shows up as a torn tail and is not returned. A segment deleted by ``delete_segments_through``
+    between listing and reading raises :class:`StorageIOError` (``ENOENT``).
     """
     return LogScan(
         Path(directory), fileops, list_segments(Path(directory), fileops), after_sequence, require_continuity=False
@@ -876,11 +904,12 @@ class DecisionLog:
                     self._wakeup.wait()
                 self._flusher_idle = False
                 failed = self._failure is not None
-                batch = self._pending
-                batch_records = self._pending_records
-                batch_last = self._next_sequence - 1
-                self._pending = []
-                self._pending_records = 0
+                if not failed:  # while failed, records to rewrite are in _unsynced and appends are refused
+                    batch = self._pending
+                    batch_records = self._pending_records
+                    batch_last = self._next_sequence - 1
+                    self._pending = []
+                    self._pending_records = 0
             if failed:
                 if not self._recover_from_failure():
                     return

@@ -27,9 +27,7 @@ def test_contract_names_are_generated() -> None:
     from slashing_protection.v1 import admin_pb2, interchange_pb2, signing_pb2
 
     services = {
-        name
-        for module in (signing_pb2, interchange_pb2, admin_pb2)
-        for name in module.DESCRIPTOR.services_by_name
+        name for module in (signing_pb2, interchange_pb2, admin_pb2) for name in module.DESCRIPTOR.services_by_name
     }
     assert services == {"SlashingProtectionService", "InterchangeService", "AdminService"}
     assert signing_pb2.DESCRIPTOR.package == "slashing_protection.v1"

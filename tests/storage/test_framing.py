@@ -1,0 +1,219 @@
+"""Record framing: the golden bytes of format version 1, each decode outcome, and properties of damage."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.storage.framing import (
+    MAX_PAYLOAD_SIZE,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    FramingError,
+    Outcome,
+    decode_record,
+    decode_segment_header,
+    encode_record,
+    encode_segment_header,
+    find_intact_record,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "segment-v1.log"
+GOLDEN_RECORDS = [(7, 1, b"first decision"), (8, 255, b""), (9, 2, bytes(range(32)))]
+
+
+def crc32c_reference(data: bytes) -> int:
+    """Bitwise CRC-32C (Castagnoli, reflected polynomial 0x82F63B78): independent of the crc32c package."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def decode_all(data: bytes, offset: int = SEGMENT_HEADER_SIZE) -> tuple[list[tuple[int, int, bytes]], Outcome]:
+    records = []
+    while True:
+        decoded = decode_record(data, offset)
+        if decoded.outcome is not Outcome.RECORD:
+            return records, decoded.outcome
+        records.append((decoded.sequence, decoded.record_type, decoded.payload))
+        offset = decoded.next_offset
+
+
+def test_reference_crc_is_castagnoli() -> None:
+    assert crc32c_reference(b"123456789") == 0xE3069283
+
+
+def test_golden_segment_bytes_are_stable() -> None:
+    """Format version 1 on disk. If this fails, the format changed: bump the version instead."""
+    golden = GOLDEN.read_bytes()
+    encoded = encode_segment_header(7) + b"".join(encode_record(*record) for record in GOLDEN_RECORDS)
+    assert encoded == golden
+
+
+def test_golden_segment_layout_field_by_field() -> None:
+    golden = GOLDEN.read_bytes()
+    assert golden[0:8] == b"SIDECLOG"
+    assert golden[8] == 1
+    assert struct.unpack_from("<Q", golden, 9)[0] == 7
+    assert struct.unpack_from("<I", golden, 17)[0] == crc32c_reference(golden[0:17])
+    assert decode_segment_header(golden) == (1, 7)
+    offset = SEGMENT_HEADER_SIZE
+    for sequence, record_type, payload in GOLDEN_RECORDS:
+        length, crc, stored_type, stored_sequence = struct.unpack_from("<IIBQ", golden, offset)
+        assert (length, stored_type, stored_sequence) == (len(payload), record_type, sequence)
+        body_end = offset + RECORD_HEADER_SIZE + length
+        assert crc == crc32c_reference(golden[offset + 8 : body_end])  # type + sequence + payload
+        assert golden[offset + RECORD_HEADER_SIZE : body_end] == payload
+        offset = body_end
+    assert offset == len(golden)
+    assert decode_all(golden) == (GOLDEN_RECORDS, Outcome.END)
+
+
+@pytest.mark.parametrize(
+    ("damage", "offset", "detail"),
+    [
+        (lambda h: b"NOTALOG!" + h[8:], 0, "bad segment magic"),
+        (lambda h: h[:8] + b"\x02" + h[9:], 8, "unsupported segment format version 2"),
+        (lambda h: h[:8] + b"\x00" + h[9:], 8, "unsupported segment format version 0"),
+        (lambda h: h[:10] + b"\x01" + h[11:], 17, "checksum mismatch"),
+        (lambda h: h[:15], 0, "segment header is 15 bytes"),
+    ],
+)
+def test_segment_header_refusals(damage, offset: int, detail: str) -> None:
+    with pytest.raises(FramingError) as raised:
+        decode_segment_header(damage(encode_segment_header(42)))
+    assert raised.value.offset == offset
+    assert detail in raised.value.detail
+
+
+def test_encode_refuses_reserved_type_and_oversized_payload() -> None:
+    with pytest.raises(ValueError, match="0 is reserved"):
+        encode_record(1, 0, b"x")
+    with pytest.raises(ValueError, match=r"1\.\.255"):
+        encode_record(1, 256, b"x")
+    with pytest.raises(ValueError, match="exceeds the maximum"):
+        encode_record(1, 1, bytes(MAX_PAYLOAD_SIZE + 1))
+    with pytest.raises(ValueError, match="out of range"):
+        encode_record(0, 1, b"x")
+
+
+RECORD = encode_record(5, 3, b"payload bytes")
+NEXT = encode_record(6, 3, b"more")
+
+
+@pytest.mark.parametrize(
+    ("data", "outcome", "detail"),
+    [
+        (b"", Outcome.END, ""),
+        (RECORD, Outcome.RECORD, ""),
+        (RECORD[:10], Outcome.TORN, "less than a record header"),
+        (RECORD[:-1], Outcome.TORN, "only 29 remain"),
+        (bytes(4096), Outcome.TORN, "zero-filled"),
+        (RECORD[:8] + bytes(64), Outcome.TORN, "zero-filled"),  # header cut short by zeros
+        (bytes(20) + b"\x01", Outcome.CORRUPT, "record type 0"),
+        (RECORD[:8] + b"\x00" + RECORD[9:], Outcome.CORRUPT, "record type 0"),
+        (RECORD[:-1] + b"!" + NEXT, Outcome.CORRUPT, "with more data after it"),
+        (RECORD[:-1] + b"!", Outcome.CORRUPT, "no sign of a torn write"),
+        (RECORD[:-1] + b"!" + bytes(100), Outcome.CORRUPT, "no sign of a torn write"),
+        (RECORD[:RECORD_HEADER_SIZE] + bytes(len(RECORD) - RECORD_HEADER_SIZE), Outcome.CORRUPT, "no sign"),
+        (struct.pack("<I", MAX_PAYLOAD_SIZE + 1) + RECORD[4:], Outcome.CORRUPT, "impossible record length"),
+    ],
+)
+def test_decode_outcomes(data: bytes, outcome: Outcome, detail: str) -> None:
+    decoded = decode_record(data, 0)
+    assert decoded.outcome is outcome, decoded.detail
+    assert detail in decoded.detail
+    if outcome is Outcome.RECORD:
+        assert (decoded.sequence, decoded.record_type, decoded.payload) == (5, 3, b"payload bytes")
+        assert decoded.next_offset == len(RECORD)
+    else:
+        assert decoded.next_offset == 0
+
+
+def test_torn_final_record_needs_a_zeroed_sector_piece() -> None:
+    # A 1500-byte record at file offset 400 spans sectors [0,512), [512,1024), [1024,1536), [1536,2048).
+    record = encode_record(1, 1, b"\xaa" * (1500 - RECORD_HEADER_SIZE))
+    sector_start = 512 - 400
+    zeroed_sector = record[:sector_start] + bytes(512) + record[sector_start + 512 :]
+    assert len(zeroed_sector) == len(record)
+    assert decode_record(zeroed_sector, 0, base_offset=400).outcome is Outcome.TORN
+    # The same bytes at file offset 0 straddle two sectors, neither all zero: no torn-write signature.
+    assert decode_record(zeroed_sector, 0, base_offset=0).outcome is Outcome.CORRUPT
+
+
+def test_not_final_data_asks_for_more() -> None:
+    for partial in (b"", RECORD[:3], RECORD[:-1], bytes(40), RECORD[:-1] + b"!" + bytes(10)):
+        assert decode_record(partial, 0, final=False).outcome is Outcome.NEED_MORE
+    assert decode_record(RECORD, 0, final=False).outcome is Outcome.RECORD
+    assert decode_record(bytes(20) + b"\x01", 0, final=False).outcome is Outcome.CORRUPT
+
+
+def test_find_intact_record() -> None:
+    data = b"\x07" * 13 + RECORD + NEXT
+    assert find_intact_record(data, 0, min_sequence=5, max_sequence=9) == 13
+    assert find_intact_record(data, 14, min_sequence=5, max_sequence=9) == 13 + len(RECORD)
+    assert find_intact_record(data, 0, min_sequence=7, max_sequence=9) is None
+    assert find_intact_record(bytes(1000), 0, min_sequence=1, max_sequence=100) is None
+
+
+records_strategy = st.lists(
+    st.tuples(st.integers(1, 255), st.binary(max_size=300)),
+    min_size=1,
+    max_size=20,
+)
+
+
+def stream(records: list[tuple[int, bytes]], first: int = 1) -> bytes:
+    body = b"".join(encode_record(first + i, t, p) for i, (t, p) in enumerate(records))
+    return encode_segment_header(first) + body
+
+
+@settings(max_examples=200, deadline=None)
+@given(records_strategy, st.integers(1, 2**40))
+def test_round_trip(records: list[tuple[int, bytes]], first: int) -> None:
+    decoded, outcome = decode_all(stream(records, first))
+    assert outcome is Outcome.END
+    assert decoded == [(first + i, t, p) for i, (t, p) in enumerate(records)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(records_strategy, st.data())
+def test_truncation_is_never_corruption(records: list[tuple[int, bytes]], data: st.DataObject) -> None:
+    full = stream(records)
+    cut = data.draw(st.integers(SEGMENT_HEADER_SIZE, len(full)))
+    decoded, outcome = decode_all(full[:cut])
+    assert outcome in (Outcome.END, Outcome.TORN)
+    assert decoded == [(1 + i, t, p) for i, (t, p) in enumerate(records)][: len(decoded)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(records_strategy, st.data())
+def test_zero_fill_after_any_record_boundary_is_torn(
+    records: list[tuple[int, bytes]], data: st.DataObject
+) -> None:
+    full = stream(records)
+    keep = data.draw(st.integers(0, len(records)))
+    boundary = len(stream(records[:keep])) if keep else SEGMENT_HEADER_SIZE
+    decoded, outcome = decode_all(full[:boundary] + bytes(data.draw(st.integers(1, 5000))))
+    assert outcome is Outcome.TORN
+    assert len(decoded) == keep
+
+
+@settings(max_examples=500, deadline=None)
+@given(records_strategy, st.data())
+def test_a_flipped_byte_never_yields_a_wrong_record(records: list[tuple[int, bytes]], data: st.DataObject) -> None:
+    full = bytearray(stream(records))
+    position = data.draw(st.integers(SEGMENT_HEADER_SIZE, len(full) - 1))
+    full[position] ^= data.draw(st.integers(1, 255))
+    decoded, outcome = decode_all(bytes(full))
+    expected = [(1 + i, t, p) for i, (t, p) in enumerate(records)]
+    # Whatever is decoded is a prefix of the truth, and decoding stops at (or before) the damaged record.
+    assert decoded == expected[: len(decoded)]
+    assert outcome is not Outcome.END

@@ -1,0 +1,238 @@
+"""A failing disk: waiters are told, appends are refused, and the log heals itself without losing a sequence."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sidecar.storage import (
+    DecisionLog,
+    FileOps,
+    LogUnavailableError,
+    StorageIOError,
+    list_segments,
+    scan_log,
+)
+
+from .damage import payload_for
+from .fakes import FaultyFileOps
+
+FILEOPS = FileOps()
+
+
+class Health:
+    """Collects on_health_change reports from the flusher thread."""
+
+    def __init__(self) -> None:
+        self.reports: list[bool] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, healthy: bool) -> None:
+        with self._changed:
+            self.reports.append(healthy)
+            self._changed.notify_all()
+
+    def wait_for(self, reports: list[bool], timeout: float = 10) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.reports == reports, timeout), self.reports
+
+
+def open_faulty(directory: Path, fileops: FaultyFileOps, health: Health, **options) -> DecisionLog:
+    return DecisionLog.open(
+        directory,
+        fileops=fileops,
+        next_sequence=1,
+        on_health_change=health,
+        retry_interval=0.01,
+        **options,
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def assert_clean_gapless(directory: Path, expected: dict[int, bytes]) -> None:
+    scan = scan_log(directory, FILEOPS, 0)
+    on_disk = {record.sequence: record.payload for record in scan}
+    assert scan.torn_tail is None
+    assert sorted(on_disk) == list(range(1, len(on_disk) + 1))
+    assert on_disk == expected
+
+
+@pytest.mark.parametrize(
+    ("operation", "error", "partial"),
+    [
+        ("fdatasync", errno.EIO, False),
+        ("fdatasync", errno.ENOSPC, False),
+        ("write", errno.ENOSPC, True),
+        ("write", errno.EIO, False),
+    ],
+    ids=["fdatasync-EIO", "fdatasync-ENOSPC", "partial-write-ENOSPC", "write-EIO"],
+)
+def test_failure_is_reported_refused_and_healed(tmp_path: Path, operation: str, error: int, partial: bool) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = open_faulty(tmp_path, fileops, health)
+    expected = {1: b"before"}
+    log.wait_durable(log.append(1, b"before"))
+
+    # The recovery path rewrites with write + fsync, so both fsync flavours fail while the disk is bad.
+    fileops.fail(operation, error, partial=partial)
+    if operation == "fdatasync":
+        fileops.fail("fsync", error)
+    doomed = log.append(1, b"doomed")
+    expected[doomed] = b"doomed"
+    with pytest.raises(LogUnavailableError) as raised:
+        log.wait_durable(doomed)
+    assert isinstance(raised.value.__cause__, LogUnavailableError)
+    assert isinstance(raised.value.__cause__.__cause__, StorageIOError)
+    assert raised.value.__cause__.__cause__.errno == error
+    health.wait_for([False])
+    assert not log.healthy and log.durable_sequence == 1
+
+    with pytest.raises(LogUnavailableError):
+        log.append(1, b"refused")
+    late: list[BaseException | None] = []
+    log.add_durable_callback(doomed, late.append)
+    assert len(late) == 1 and isinstance(late[0], LogUnavailableError)
+    log.add_durable_callback(1, late.append)
+    assert late[1] is None  # durable before the failure: still durable
+
+    # The flusher keeps retrying (truncate + rewrite) and keeps failing while the fault lasts.
+    retries_before = fileops.calls["ftruncate"]
+    wait_until(lambda: fileops.calls["ftruncate"] >= retries_before + 3)
+    assert not log.healthy and log.durable_sequence == 1
+
+    fileops.heal()
+    health.wait_for([False, True])
+    assert log.healthy
+    assert log.durable_sequence == doomed  # rewritten with its own sequence number
+    after = log.append(1, b"after")
+    expected[after] = b"after"
+    log.wait_durable(after)
+    log.close()
+    assert_clean_gapless(tmp_path, expected)
+
+
+class FailingWhileAppendsArrive(FileOps):
+    """fdatasync blocks until released, then fails once: appends made meanwhile are pending at the failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.inside.set()
+            self.release.wait(10)
+            raise StorageIOError("fdatasync", None, errno.EIO, "injected")
+        super().fdatasync(fd)
+
+
+def test_records_queued_during_the_failed_fsync_are_rewritten_too(tmp_path: Path) -> None:
+    fileops, health = FailingWhileAppendsArrive(), Health()
+    log = DecisionLog.open(
+        tmp_path, fileops=fileops, next_sequence=1, on_health_change=health, retry_interval=0.01
+    )
+    errors: list[BaseException | None] = []
+    fileops.armed = True
+    first = log.append(1, payload_for(1))
+    log.add_durable_callback(first, errors.append)
+    assert fileops.inside.wait(5)
+    queued = log.append_many([(1, payload_for(n)) for n in range(2, 6)])
+    log.add_durable_callback(queued, errors.append)
+    log.add_durable_callback(queued + 10, errors.append)  # a sequence not even appended yet
+    fileops.release.set()
+    health.wait_for([False, True])
+    assert len(errors) == 3 and all(isinstance(error, LogUnavailableError) for error in errors)
+    assert log.durable_sequence == 5
+    log.wait_durable(log.append(1, payload_for(6)))
+    log.close()
+    assert_clean_gapless(tmp_path, {n: payload_for(n) for n in range(1, 7)})
+
+
+def test_failed_rotation_is_retried(tmp_path: Path) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = open_faulty(tmp_path, fileops, health, segment_bytes=512)
+    fileops.fail("create_exclusive", errno.ENOSPC)
+    expected = {n: payload_for(n, 150) for n in range(1, 6)}
+    log.append_many([(1, expected[n]) for n in range(1, 6)])  # one batch, then the segment is full
+    health.wait_for([False])  # the batch filled the segment, and the next one could not be created
+    assert log.segment_count == 1
+    assert log.durable_sequence == 5  # the records themselves were fsynced before rotating
+    with pytest.raises(LogUnavailableError):
+        log.append(1, b"refused")
+    fileops.heal()
+    health.wait_for([False, True])
+    assert log.segment_count == 2
+    expected[6] = payload_for(6, 150)
+    log.wait_durable(log.append(1, expected[6]))
+    log.close()
+    assert [s.first_sequence for s in list_segments(tmp_path, FILEOPS)] == [1, 6]
+    assert_clean_gapless(tmp_path, expected)
+
+
+def test_rotation_whose_directory_fsync_fails_is_retried(tmp_path: Path) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = open_faulty(tmp_path, fileops, health, segment_bytes=512)
+    fileops.fail("fsync_dir", errno.EIO, times=1)
+    log.wait_durable(log.append_many([(1, payload_for(n, 150)) for n in range(1, 5)]))
+    health.wait_for([False, True])
+    log.wait_durable(log.append(1, payload_for(5, 150)))
+    log.close()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert_clean_gapless(tmp_path, {n: payload_for(n, 150) for n in range(1, 6)})
+
+
+def test_close_while_failed_raises_and_appends_stay_refused(tmp_path: Path) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = open_faulty(tmp_path, fileops, health)
+    fileops.fail("fdatasync", errno.EIO)
+    fileops.fail("fsync", errno.EIO)
+    sequence = log.append(1, b"never durable")
+    health.wait_for([False])
+    with pytest.raises(LogUnavailableError, match="not durable"):
+        log.close()
+    assert log.durable_sequence == sequence - 1
+    with pytest.raises(LogUnavailableError):
+        log.append(1, b"after close")
+
+
+def test_retry_now_skips_the_retry_interval(tmp_path: Path) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = DecisionLog.open(
+        tmp_path, fileops=fileops, next_sequence=1, on_health_change=health, retry_interval=3600
+    )
+    fileops.fail("fdatasync", errno.EIO, times=1)
+    log.append(1, b"x")
+    health.wait_for([False])
+    log.retry_now()
+    health.wait_for([False, True])
+    log.close()
+    assert_clean_gapless(tmp_path, {1: b"x"})
+
+
+def test_health_hook_errors_are_contained(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def broken_hook(healthy: bool) -> None:
+        raise RuntimeError("metrics exploded")
+
+    fileops = FaultyFileOps()
+    log = DecisionLog.open(
+        tmp_path, fileops=fileops, next_sequence=1, on_health_change=broken_hook, retry_interval=0.01
+    )
+    fileops.fail("fdatasync", errno.EIO, times=1)
+    sequence = log.append(1, b"x")
+    wait_until(lambda: log.healthy and log.durable_sequence == sequence)
+    log.close()
+    assert any("on_health_change hook failed" in message for message in caplog.messages)
