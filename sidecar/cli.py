@@ -16,7 +16,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -225,9 +227,14 @@ def _window(value: int | None) -> int | None:
 
 
 @contextlib.contextmanager
-def _offline_store(data_dir: Path, root: bytes | None, strategy: str = "complete") -> Iterator[Any]:
-    from sidecar.store import Store, StoreOptions
+def _offline_store(
+    data_dir: Path, root: bytes | None, strategy: str = "complete", create: bool = False
+) -> Iterator[Any]:
+    """The store of DIR for an offline command; only commands that may create DIR pass `create`."""
+    from sidecar.store import IDENTITY_FILE, Store, StoreOptions
 
+    if not create and not (data_dir / IDENTITY_FILE).is_file():
+        raise ConfigurationError(f"{data_dir} is not a sidecar data directory (no {IDENTITY_FILE})")
     store = Store.open_or_create(data_dir, root, StoreOptions(strategy=_strategy(strategy)))
     try:
         yield store
@@ -317,27 +324,52 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         result = import_over_grpc(args, path)
         return _print_import_result(result, sys.stdout)
-    from interchange import Metadata, stream_interchange
+    from sidecar.store import IDENTITY_FILE
 
+    data_dir = Path(args.data_dir)
     root = _root_from(args)
-    if root is None and not (Path(args.data_dir) / "IDENTITY.json").exists():
-        # A new directory takes the document's root; a wrong document is refused by the import itself.
-        with _open_input(path) as source:
-            for item in stream_interchange(source):
-                if isinstance(item, Metadata):
-                    root = item.genesis_validators_root
-                    break
-    progress = _Progress(f"importing {path}")
-    with _offline_store(Path(args.data_dir), root, args.strategy) as store, _open_input(path) as source:
-        result = store.import_interchange(source, progress=progress)
-    progress.done()
+    with _open_input(path) as source:
+        if not (data_dir / IDENTITY_FILE).is_file():
+            # A new directory takes the document's root, and is created only for a document that is valid
+            # whole: validate it all first, so a refused import leaves nothing behind.
+            document_root = _validated_root(source, path)
+            if root is not None and root != document_root:
+                raise ConfigurationError(
+                    f"{path} is for genesis validators root 0x{document_root.hex()}, not 0x{root.hex()}"
+                )
+            root = document_root
+            source.seek(0)
+        progress = _Progress(f"importing {path}")
+        with _offline_store(data_dir, root, args.strategy, create=True) as store:
+            result = store.import_interchange(source, progress=progress)
+        progress.done()
     return _print_import_result(result, sys.stdout)
+
+
+def _validated_root(source: BinaryIO, path: Path) -> bytes:
+    from interchange import InterchangeError, Metadata, stream_interchange
+    from sidecar.errors import ImportRefusedError
+
+    root = None
+    try:
+        for item in stream_interchange(source):
+            if isinstance(item, Metadata):
+                root = item.genesis_validators_root
+    except InterchangeError as error:
+        raise ImportRefusedError(f"interchange refused: {error}") from error
+    if root is None:  # stream_interchange refuses a document without metadata; kept local for clarity
+        raise ImportRefusedError(f"interchange refused: {path} has no metadata")
+    return root
 
 
 @contextlib.contextmanager
 def _open_input(path: Path) -> Iterator[BinaryIO]:
     if str(path) == "-":
-        yield sys.stdin.buffer
+        # Spooled so that it can be validated and then imported (memory up to 64 MiB, a temp file beyond).
+        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1024 * 1024)
+            spool.seek(0)
+            yield spool  # type: ignore[misc]
         return
     try:
         handle = open(path, "rb")  # noqa: SIM115 (closed below)
@@ -409,6 +441,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_repair(args: argparse.Namespace) -> int:
     from sidecar.verify import repair_data_dir
 
+    if int(args.min_slot) < 0 or int(args.min_epoch) < 0:
+        raise ConfigurationError("--min-slot and --min-epoch must not be negative")
     configure_logging()
     for line in repair_data_dir(Path(args.data_dir), int(args.min_slot), int(args.min_epoch)):
         print(line)
@@ -483,7 +517,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
         registered, already = register_over_grpc(args, pubkeys)
     else:
-        with _offline_store(Path(args.data_dir), _root_from(args)) as store:
+        root = _root_from(args)
+        with _offline_store(Path(args.data_dir), root, create=root is not None) as store:
             registered, already, _ = store.register_validators(pubkeys)
     print(f"registered {registered} validators ({already} already registered)")
     return EXIT_OK

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.errors import ConfigurationError, SidecarError
-from sidecar.store import ImportResult, ImportStatus, ValidatorImportOutcome
 from slashing_protection.v1 import admin_pb2, admin_pb2_grpc, interchange_pb2, interchange_pb2_grpc
+
+if TYPE_CHECKING:  # the store (and its parsers) is heavy to import; `health` runs as a frequent exec probe
+    from sidecar.store import ImportResult
 
 __all__ = [
     "checkpoint_over_grpc",
@@ -98,8 +101,11 @@ def health_status(args: argparse.Namespace) -> str:
 
 
 def import_over_grpc(args: argparse.Namespace, path: Path) -> ImportResult:
+    from sidecar.store import ImportResult, ImportStatus, ValidatorImportOutcome
+
     def chunks() -> Iterator[interchange_pb2.ImportInterchangeRequest]:
-        with open(path, "rb") as source:
+        with contextlib.ExitStack() as stack:
+            source = sys.stdin.buffer if str(path) == "-" else stack.enter_context(open(path, "rb"))
             while chunk := source.read(IMPORT_CHUNK_BYTES):
                 yield interchange_pb2.ImportInterchangeRequest(chunk=chunk)
 

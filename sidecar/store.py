@@ -237,6 +237,12 @@ class Store:
         options = options or StoreOptions()
         fileops = options.fileops
         started = time.monotonic()
+        if genesis_validators_root is None and not fileops.exists(data_dir / IDENTITY_FILE):
+            # Checked before the lock creates anything: a refused first start leaves no directory behind.
+            raise DataDirError(
+                f"{data_dir} is not a sidecar data directory yet: give --network or --genesis-validators-root "
+                "to create it"
+            )
         dir_lock = DataDirLock.acquire(data_dir, fileops=fileops)
         try:
             root = _open_identity(data_dir, genesis_validators_root, fileops)
@@ -373,17 +379,10 @@ class Store:
                     report.append(f"torn tail in {tail.path} at byte {tail.offset}: {tail.detail}")
                 else:
                     report.append("no damage found in the log")
-            except LogCorruptionError as error:
+            except (LogCorruptionError, DataDirError) as error:
                 report.append(f"damage: {error}")
             through = store._replayed_through
             report.append(f"kept {replayed} log records after the checkpoint, through sequence {through}")
-            quarantine = data_dir / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-            moved = store._quarantine_files(quarantine)
-            if moved:
-                report.append(
-                    f"moved {moved} log segments and older checkpoints to {quarantine} (nothing deleted); "
-                    f"records after sequence {through} are discarded"
-                )
             for history in store._validators.values():
                 history.raise_floors(min_slot, min_epoch, min_epoch)
             report.append(
@@ -391,29 +390,41 @@ class Store:
                 f"{min_slot}; attestations need a source epoch of at least {min_epoch} and a target epoch above "
                 f"{min_epoch}"
             )
+            # The new checkpoint goes to disk before anything is moved: a crash in between leaves a directory
+            # whose start refuses on the same damage, and running repair again finishes the job.
             path = write_checkpoint(
                 data_dir / "checkpoints", fileops, through, root, store._checkpoint_chunks(list(store._validators))
             )
-            report.append(f"wrote {path.name}; the log continues at sequence {through + 1}")
+            report.append(f"wrote {path.name}")
+            quarantine = data_dir / f"damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            moved = store._quarantine_files(quarantine, keep=path)
+            if moved:
+                report.append(
+                    f"moved {moved} log segments and older checkpoints to {quarantine} (nothing deleted); "
+                    f"records after sequence {through} are discarded"
+                )
+            report.append(f"the log continues at sequence {through + 1}")
         finally:
             dir_lock.release()
         return report
 
-    def _quarantine_files(self, quarantine: Path) -> int:
-        """Moves every log segment and checkpoint into `quarantine`; returns how many files moved."""
+    def _quarantine_files(self, quarantine: Path, keep: Path) -> int:
+        """Moves every log segment and every checkpoint but `keep` into `quarantine`; returns how many moved."""
         fileops = self.options.fileops
         moved = 0
         for sub in ("log", "checkpoints"):
             directory = self.data_dir / sub
             if not fileops.is_dir(directory):
                 continue
-            for name in sorted(fileops.listdir(directory)):
-                fileops.makedirs(quarantine / sub)
+            names = sorted(name for name in fileops.listdir(directory) if directory / name != keep)
+            if not names:
+                continue
+            fileops.makedirs(quarantine / sub)
+            for name in names:
                 fileops.rename(directory / name, quarantine / sub / name)
-                moved += 1
+            fileops.fsync_dir(quarantine / sub)
             fileops.fsync_dir(directory)
-            if moved:
-                fileops.fsync_dir(quarantine / sub)
+            moved += len(names)
         return moved
 
     def _replay_record_locked(self, sequence: int, record_type: int, payload: bytes) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sidecar.errors import SidecarError
+
 __all__ = [
     "CheckpointError",
     "DataDirLockedError",
@@ -30,8 +32,9 @@ __all__ = [
 ]
 
 
-class StorageError(Exception):
-    """Base class of every error raised by ``sidecar.storage``."""
+class StorageError(SidecarError):
+    """Base class of every error raised by ``sidecar.storage`` (a branch of the sidecar's tree in
+    ``sidecar.errors``)."""
 
 
 class StorageIOError(StorageError):
