@@ -275,39 +275,33 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                 raise InvalidRequestError(f"batch of {count} attestations exceeds the cap of {MAX_BATCH_SIZE}")
             store = self._holder.require()
             root = store.genesis_validators_root
-            batch = []
-            for index, item in enumerate(items):
-                batch.append(self._attestation(item, f"attestations[{index}]."))
-                if item.genesis_validators_root != root:
-                    self._store_for(item.genesis_validators_root)  # raises the precise error
-            if len({a.pubkey for a in batch}) != count:
+            batch = [
+                (message.pubkey, message.source_epoch, message.target_epoch, message.signing_root, message)
+                for message in items
+            ]
+            for index, (pubkey, _, _, signing_root, message) in enumerate(batch):
+                if len(pubkey) != PUBKEY_SIZE or len(signing_root) != ROOT_SIZE:
+                    self._attestation(message, f"attestations[{index}].")  # raises the precise error
+                if message.genesis_validators_root != root:
+                    self._store_for(message.genesis_validators_root)  # raises the precise error
+            if len({item[0] for item in batch}) != count:
                 raise InvalidRequestError("a batch may not name one pubkey twice")
             self._check_deadline(context)
-            decided = store.check_and_record_attestations(batch)
+            decided = store.check_and_record_attestations([item[:4] for item in batch])
             await self._durability.wait(store, decided[-1][1])
         except Exception as error:
             await _abort(context, error)
         tally = self._tally
-        decisions = []
-        for attestation, (decision, sequence) in zip(batch, decided, strict=True):
-            allowed = decision.allowed
-            tally["attestation", decision.reason] += 1
-            if not allowed:
-                _log_refusal(
-                    "attestation",
-                    attestation.pubkey,
-                    f"source {attestation.source_epoch}, target {attestation.target_epoch}",
-                    decision,
-                )
-            decisions.append(
-                _SigningDecision(
-                    verdict=_VERDICT_ALLOWED if allowed else _VERDICT_REFUSED,
-                    reason=_proto_reason(decision.reason),
-                    message=decision.message,
-                    sequence=sequence,
-                )
-            )
-        response = signing_pb2.CheckAndRecordAttestationsResponse(decisions=decisions)
+        response = signing_pb2.CheckAndRecordAttestationsResponse()
+        add = response.decisions.add
+        for (pubkey, source, target, _, _), (decision, sequence) in zip(batch, decided, strict=True):
+            reason = decision.reason
+            tally["attestation", reason] += 1
+            if reason.allows:
+                add(verdict=_VERDICT_ALLOWED, reason=reason, message=decision.message, sequence=sequence)
+            else:
+                _log_refusal("attestation", pubkey, f"source {source}, target {target}", decision)
+                add(verdict=_VERDICT_REFUSED, reason=reason, message=decision.message, sequence=sequence)
         self._observe(time.perf_counter() - started)
         return response
 

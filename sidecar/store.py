@@ -30,10 +30,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from interchange import (
     InterchangeError,
@@ -126,8 +126,10 @@ class StoreOptions:
     on_fsync: Callable[[float, int, int], None] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AttestationRequest:
+class AttestationRequest(NamedTuple):
+    """One attestation to decide. Any (pubkey, source_epoch, target_epoch, signing_root) tuple will do: the hot
+    path unpacks it positionally."""
+
     pubkey: bytes
     source_epoch: int
     target_epoch: int
@@ -567,51 +569,51 @@ class Store:
                 self._apply_block_locked(history, sequence, slot, signing_root, decision.reason, payload)
         return decision, sequence
 
-    def check_and_record_attestations(self, requests: list[AttestationRequest]) -> list[tuple[Decision, int]]:
-        """Decides and records (non-durably) each attestation, in order, under one lock hold.
+    def check_and_record_attestations(
+        self, requests: Sequence[tuple[bytes, int, int, bytes]]
+    ) -> list[tuple[Decision, int]]:
+        """Decides and records (non-durably) each (pubkey, source, target, root), in order, under one lock hold.
 
         The pubkeys must be distinct (the contract forbids one key twice in a batch), which makes the decisions
-        independent: all are taken, then appended in one run of sequence numbers, then applied.
+        independent: all are taken, then appended in one run of sequence numbers, then applied. This is the
+        hot path: per item it is one dict probe, the rules, one struct pack and, when allowed, one append to the
+        history's arrays.
         """
         now = self._now()
+        encode = codec.encode_attestation_decision
+        kind = codec.ATTESTATION_DECISION
+        allowed_new = Reason.ALLOWED_NEW
+        window = self._window
         with self._lock:
-            validators = self._validators
+            get = self._validators.get
             decided = []
             payloads = []
-            encode = codec.encode_attestation_decision
-            kind = codec.ATTESTATION_DECISION
-            for request in requests:
-                history = validators.get(request.pubkey)
-                decision = check_attestation(
-                    history, request.source_epoch, request.target_epoch, request.signing_root
-                )
-                payload = encode(
-                    request.pubkey,
-                    request.source_epoch,
-                    request.target_epoch,
-                    request.signing_root,
-                    decision.reason,
-                    now,
-                )
+            for pubkey, source, target, root in requests:
+                history = get(pubkey)
+                decision = check_attestation(history, source, target, root)
+                payload = encode(pubkey, source, target, root, decision.reason, now)
                 decided.append((history, decision, payload))
                 payloads.append((kind, payload))
-            last = self.log.append_many(payloads)
-            sequence = last - len(payloads)
+            sequence = self.log.append_many(payloads) - len(payloads)
             results = []
-            apply = self._apply_attestation_locked
-            for request, (history, decision, payload) in zip(requests, decided, strict=True):
+            for (_, source, target, root), (history, decision, payload) in zip(requests, decided, strict=True):
                 sequence += 1
-                if history is not None:
-                    apply(
-                        history,
-                        sequence,
-                        request.source_epoch,
-                        request.target_epoch,
-                        request.signing_root,
-                        decision.reason,
-                        payload,
-                    )
                 results.append((decision, sequence))
+                if history is None:
+                    continue
+                history.applied_sequence = sequence
+                history.last_decision_sequence = sequence
+                history.last_decision = payload
+                reason = decision.reason
+                if reason is allowed_new:
+                    history.allowed_count += 1
+                    history.add_attestation(source, target, root)
+                    if window is not None:
+                        history.prune_attestations(window)
+                elif reason.allows:
+                    history.allowed_count += 1
+                else:
+                    history.refused_count += 1
         return results
 
     # ---------------------------------------------------------------- registration
