@@ -12,6 +12,7 @@ i.e. "do not sign".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import threading
@@ -321,12 +322,14 @@ def _run_in_own_thread(function: Callable[[], Any], name: str) -> asyncio.Future
             future.set_exception(error)
 
     def run() -> None:
+        outcome: tuple[Any, BaseException | None]
         try:
-            result = function()
+            outcome = (function(), None)
         except BaseException as error:  # handed to the loop, which re-raises it to the awaiting call
-            loop.call_soon_threadsafe(settle, None, error)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            outcome = (None, error)
+        # The loop may be gone by now (server stopped while the job ran): then nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
 
     # If the awaiting call goes away first (client cancelled), nobody retrieves the job's failure: mark it
     # retrieved so asyncio does not report it as lost.
@@ -346,6 +349,8 @@ class _StreamReader(io.RawIOBase):
         self._loop = loop
         self._buffer = b""
         self._ended = False
+        # Set when the call ends: a parser still reading then stops instead of waiting for chunks forever.
+        self.cancelled = threading.Event()
 
     def readable(self) -> bool:
         return True
@@ -357,9 +362,25 @@ class _StreamReader(io.RawIOBase):
             return None
         return bytes(request.chunk)
 
+    def _fetch(self) -> bytes | None:
+        if self.cancelled.is_set():
+            raise ConnectionAbortedError("import cancelled: the call ended")
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._next_chunk(), self._loop)
+        except RuntimeError as error:  # the loop is closed
+            raise ConnectionAbortedError("import cancelled: the server stopped") from error
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except TimeoutError:
+                if self.cancelled.is_set():
+                    with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                        future.cancel()
+                    raise ConnectionAbortedError("import cancelled: the call ended") from None
+
     def readinto(self, target: Any) -> int:
         while not self._buffer and not self._ended:
-            chunk = asyncio.run_coroutine_threadsafe(self._next_chunk(), self._loop).result()
+            chunk = self._fetch()
             if chunk is None:
                 self._ended = True
             else:
@@ -387,10 +408,16 @@ class _StreamWriter(io.RawIOBase):
         return True
 
     def _put(self, item: bytes | None) -> None:
-        future = asyncio.run_coroutine_threadsafe(self._chunks.put(item), self._loop)
+        if self.cancelled.is_set():
+            raise ConnectionAbortedError("export cancelled by the client")
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._chunks.put(item), self._loop)
+        except RuntimeError as error:  # the loop is closed
+            raise ConnectionAbortedError("export cancelled: the server stopped") from error
         while True:
             if self.cancelled.is_set():
-                future.cancel()
+                with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                    future.cancel()
                 raise ConnectionAbortedError("export cancelled by the client")
             try:
                 future.result(timeout=0.5)
@@ -429,15 +456,18 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
             metrics.import_validators.inc(validators - read_so_far[0])
             read_so_far[0] = validators
 
+        reader = _StreamReader(request_iterator, asyncio.get_running_loop())
         try:
             store = self._holder.require()
-            source = io.BufferedReader(_StreamReader(request_iterator, asyncio.get_running_loop()))
+            source = io.BufferedReader(reader)
             result = await _run_in_own_thread(
                 lambda: store.import_interchange(source, progress=progress), name="import"
             )
         except Exception as error:
             metrics.imports.labels("refused").inc()
             await _abort(context, error)
+        finally:
+            reader.cancelled.set()
         metrics.imports.labels("imported").inc()
         log.info(
             "imported interchange: %d validators, %d imported cleanly, %s",
@@ -462,6 +492,7 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
         self, request: interchange_pb2.ExportInterchangeRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[interchange_pb2.ExportInterchangeResponse]:
         writer: _StreamWriter | None = None
+        next_chunk: asyncio.Future[bytes | None] | None = None
         try:
             store = self._holder.require()
             pubkeys = list(request.pubkeys) or None
@@ -493,6 +524,8 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
         finally:
             if writer is not None:
                 writer.cancelled.set()
+            if next_chunk is not None and not next_chunk.done():
+                next_chunk.cancel()
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
