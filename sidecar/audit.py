@@ -88,11 +88,16 @@ def decode_decision(sequence: int, payload: bytes | None) -> DecisionRecord | No
 def read_decisions(
     data_dir: Path, fileops: FileOps, pubkey: bytes | None = None, since_sequence: int = 0
 ) -> Iterator[DecisionRecord]:
-    """Decisions with sequence > since_sequence (for one key, or all), from the archive and then the log."""
+    """Decisions with sequence > since_sequence (for one key, or all), from the archive and then the log, each
+    once and in order: a power cut while segments move to the archive can leave a segment in both places."""
+    newest = since_sequence
     for directory in (data_dir / "archive", data_dir / "log"):
         if not fileops.exists(directory):
             continue
-        for sequence, record_type, payload in read_records(directory, fileops, after_sequence=since_sequence):
+        for sequence, record_type, payload in read_records(directory, fileops, after_sequence=newest):
+            if sequence <= newest:
+                continue
+            newest = sequence
             if record_type not in (codec.BLOCK_DECISION, codec.ATTESTATION_DECISION):
                 continue
             if pubkey is not None and payload[:48] != pubkey:

@@ -62,7 +62,7 @@ class MergeOutcome(enum.IntEnum):
 
     UNCHANGED = 0  # the identical record was already there
     ADDED = 1  # a new record, conflicting with nothing
-    CONFLICT = 2  # recorded, but it conflicts with history (double proposal/vote or surround)
+    CONFLICT = 2  # recorded, but slashable against history (double proposal/vote, surround) or below the floors
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,13 +259,13 @@ class ValidatorHistory:
                 return MergeOutcome.UNCHANGED
             blocks[slot] = None
             return MergeOutcome.CONFLICT
-        blocks[slot] = signing_root
-        outcome = MergeOutcome.ADDED
+        below_floor = slot <= self.slot_floor
+        # A record at or below the floor keeps no root: the floor already refuses its slot, and a known root
+        # would make a repeat of it allowed, which the pruned or minified history it stands in for may not.
+        blocks[slot] = None if below_floor else signing_root
         if self._lowest_slot is None or slot < self._lowest_slot:
             self._lowest_slot = slot
-        if slot <= self.slot_floor:
-            outcome = MergeOutcome.CONFLICT
-        return outcome
+        return MergeOutcome.CONFLICT if below_floor else MergeOutcome.ADDED
 
     def add_attestation(self, source_epoch: int, target_epoch: int, signing_root: bytes | None) -> MergeOutcome:
         """Records an attestation, keeping the indexes exact.
@@ -274,6 +274,10 @@ class ValidatorHistory:
         with the same source but another or unknown root makes that entry's root unknown. A record at a recorded
         target with another source is kept beside it, so every later vote at that target is a double vote.
         """
+        below_floors = source_epoch < self.source_epoch_floor or target_epoch <= self.target_epoch_floor
+        if below_floors:
+            # As for blocks: the floors refuse it anyway, and a known root would let a repeat through.
+            signing_root = None
         targets = self.targets
         n = len(targets)
         if n == 0 or target_epoch > targets[-1]:
@@ -296,6 +300,7 @@ class ValidatorHistory:
                 return MergeOutcome.CONFLICT
         conflict = (
             hi > lo
+            or below_floors
             or source_epoch > target_epoch
             or self.recorded_vote_surrounded_by(source_epoch, target_epoch) is not None
             or self.recorded_vote_surrounding(source_epoch, target_epoch) is not None
@@ -408,13 +413,17 @@ class ValidatorHistory:
         """Reduces the history to one block at the highest slot and one attestation at the highest source and
         target, all with unknown roots: the "minimal" strategy. Refuses at least everything the full history did.
         """
+        # The floors take the minified records' place too, so that older records added later (an import in the
+        # complete strategy) cannot lower the bounds below what the full history refused.
         if self.blocks:
             highest = max(self.blocks)
             self.blocks = {highest: None}
             self._lowest_slot = highest
+            self.raise_floors(highest, SOURCE_FLOOR_NONE, EPOCH_FLOOR_NONE)
         if self.targets:
             source = self._prefix_max_source[-1]
             target = self.targets[-1]
+            self.raise_floors(SLOT_FLOOR_NONE, source, target)
             self.targets = array("Q", [target])
             self.sources = array("Q", [source])
             self._prefix_max_source = array("Q", [source])

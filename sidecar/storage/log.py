@@ -443,8 +443,8 @@ def read_records(directory: Path, fileops: FileOps, *, after_sequence: int = 0) 
 def repair_torn_tail(torn_tail: TornTail, fileops: FileOps) -> Path:
     """Truncate the last segment to its last good record, keeping the original as ``<segment>.broken``.
 
-    Refuses (``StorageError``) if the segment's size changed since the scan. The copy and the truncation are
-    fsynced, then the directory. Returns the path of the copy.
+    Refuses (``StorageError``) if the segment's size changed since the scan. The copy and its directory entry are
+    made durable before the truncation, which is fsynced in turn. Returns the path of the copy.
     """
     path = torn_tail.path
     size = fileops.stat_size(path)
@@ -458,6 +458,9 @@ def repair_torn_tail(torn_tail: TornTail, fileops: FileOps) -> Path:
         copy_number += 1
         broken = path.with_name(f"{path.name}{_BROKEN_SUFFIX}.{copy_number}")
     _copy_file(fileops, path, broken)
+    # The copy's name must be durable before the original loses its tail, or a power cut in between could keep
+    # the truncation and lose the only copy of the torn bytes.
+    fileops.fsync_dir(path.parent)
     fd = fileops.open_append(path)
     try:
         fileops.ftruncate(fd, torn_tail.offset)

@@ -1,0 +1,182 @@
+"""`minify` and the EIP-3076 export: both may lose detail, never protection.
+
+A minified history must refuse everything the full one refuses, and decide exactly like the EIP-3076 "minimal"
+history (one block at the highest slot, one attestation at the highest source and target, unknown roots). An
+exported history, re-imported with no floors, must refuse everything the original refuses, and re-exporting it
+must give the same lists.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import event, given, settings
+
+from sidecar.history import ValidatorHistory
+from sidecar.rules import Reason, check_attestation, check_block
+
+from .rules_oracle import Attestation, Block, Floors, Recorded, attestation_reason, block_reason
+from .rules_support import (
+    FRESH_ROOT,
+    ROOT_A,
+    ROOT_B,
+    as_stored,
+    assert_decides_like_oracle,
+    assert_never_allows_more,
+    build_history,
+    imported_histories,
+    recorded_from,
+    reimport,
+)
+
+PROPERTY_SETTINGS = settings(max_examples=150, deadline=None)
+
+
+def minimal(recorded: Recorded) -> Recorded:
+    """The EIP-3076 "minimal" form of a history: only the highest slot, source and target survive."""
+    return Recorded(
+        blocks=[Block(max(b.slot for b in recorded.blocks), None)] if recorded.blocks else [],
+        attestations=(
+            [
+                Attestation(
+                    max(a.source for a in recorded.attestations),
+                    max(a.target for a in recorded.attestations),
+                    None,
+                )
+            ]
+            if recorded.attestations
+            else []
+        ),
+        floors=recorded.floors,
+    )
+
+
+@PROPERTY_SETTINGS
+@given(imported_histories())
+def test_minified_history_refuses_everything_the_full_one_refuses(drawn: tuple[Recorded, int]) -> None:
+    recorded, floors_after = drawn
+    history = build_history(recorded, floors_after)
+
+    history.minify()
+
+    assert_never_allows_more(history, recorded, "minified history")
+
+
+@PROPERTY_SETTINGS
+@given(imported_histories())
+def test_minified_history_is_the_eip_3076_minimal_history(drawn: tuple[Recorded, int]) -> None:
+    recorded, floors_after = drawn
+    history = build_history(recorded, floors_after)
+
+    history.minify()
+
+    stored = as_stored(recorded, floors_after)
+    expected = minimal(stored)
+    contents = recorded_from(history)
+    assert contents.blocks == expected.blocks
+    assert contents.attestations == expected.attestations
+    # minify raises the floors to the minimal records (so that older records added later cannot lower the
+    # bounds); that refuses exactly what those records refuse.
+    floors = recorded.floors
+    assert contents.floors == Floors(
+        max([floors.slot, *(b.slot for b in expected.blocks)]),
+        max([floors.source, *(a.source for a in expected.attestations)]),
+        max([floors.target, *(a.target for a in expected.attestations)]),
+    )
+    # Not only the contents: the indexes rebuilt by minify decide exactly like the minimal history.
+    assert_decides_like_oracle(history, expected, stored)
+
+
+def test_minify_on_an_empty_history_changes_nothing() -> None:
+    history = ValidatorHistory()
+    history.minify()
+    assert recorded_from(history) == Recorded()
+
+
+@pytest.mark.parametrize("kind", ["attestation", "block"])
+def test_older_import_after_minify_never_allows_more(kind: str) -> None:
+    history = ValidatorHistory()
+    if kind == "attestation":
+        full = Recorded(
+            attestations=[Attestation(1, 3, ROOT_A), Attestation(2, 5, ROOT_A), Attestation(0, 1, ROOT_A)]
+        )
+        history.add_attestation(1, 3, ROOT_A)
+        history.add_attestation(2, 5, ROOT_A)
+        history.minify()  # (2, 5, unknown)
+        history.add_attestation(0, 1, ROOT_A)
+        candidate = (0, 4, FRESH_ROOT)  # surrounds the dropped (1, 3)
+        assert attestation_reason(full, *candidate) is Reason.SURROUNDS_RECORDED_VOTE
+        decision = check_attestation(history, *candidate)
+    else:
+        full = Recorded(blocks=[Block(3, ROOT_A), Block(5, ROOT_A), Block(1, ROOT_A)])
+        history.add_block(3, ROOT_A)
+        history.add_block(5, ROOT_A)
+        history.minify()  # slot 5, unknown root
+        history.add_block(1, ROOT_A)
+        assert block_reason(full, 3, FRESH_ROOT) is Reason.DOUBLE_PROPOSAL
+        decision = check_block(history, 3, FRESH_ROOT)
+
+    assert not decision.allowed, decision  # got ALLOWED_NEW
+
+
+@PROPERTY_SETTINGS
+@given(imported_histories())
+def test_reimported_export_never_allows_more_and_round_trips(drawn: tuple[Recorded, int]) -> None:
+    recorded, floors_after = drawn
+    original = build_history(recorded, floors_after)
+    exported_blocks = original.export_blocks()
+    exported_attestations, minified = original.export_attestations()
+    event("attestations minified to carry the floors" if minified else "attestations exported as recorded")
+
+    imported = reimport(original)
+
+    assert_never_allows_more(imported, recorded, "re-imported export")
+    assert imported.export_blocks() == exported_blocks
+    assert imported.export_attestations() == (exported_attestations, False)
+    if recorded.floors == Floors():
+        # With nothing to encode beyond the records, the export is lossless.
+        assert_decides_like_oracle(imported, recorded)
+
+
+def test_export_encodes_floors_above_every_record() -> None:
+    history = build_history(
+        Recorded(
+            blocks=[Block(3, ROOT_A)],
+            attestations=[Attestation(1, 2, ROOT_A)],
+            floors=Floors(slot=10, source=4, target=6),
+        )
+    )
+    blocks = history.export_blocks()
+    attestations, minified = history.export_attestations()
+
+    assert blocks == [(10, None)]
+    assert [(a.source_epoch, a.target_epoch, a.signing_root) for a in attestations] == [(4, 6, None)]
+    assert not minified
+
+
+def test_export_drops_records_at_or_below_the_floors_when_newer_ones_carry_them() -> None:
+    history = build_history(
+        Recorded(
+            blocks=[Block(3, ROOT_A), Block(10, ROOT_A), Block(12, ROOT_B)],
+            attestations=[Attestation(1, 2, ROOT_A), Attestation(4, 6, ROOT_A), Attestation(5, 8, ROOT_B)],
+            floors=Floors(slot=10, source=4, target=6),
+        )
+    )
+    attestations, minified = history.export_attestations()
+
+    assert history.export_blocks() == [(12, ROOT_B)]
+    assert [(a.source_epoch, a.target_epoch, a.signing_root) for a in attestations] == [(5, 8, ROOT_B)]
+    assert not minified
+
+
+def test_export_minifies_when_a_record_straddles_the_floors() -> None:
+    # (2, 9) has a target above the target floor but a source below the source floor.
+    history = build_history(
+        Recorded(
+            attestations=[Attestation(2, 9, ROOT_A), Attestation(5, 10, ROOT_B)],
+            floors=Floors(source=4, target=6),
+        )
+    )
+    attestations, minified = history.export_attestations()
+
+    assert minified
+    assert [(a.source_epoch, a.target_epoch, a.signing_root) for a in attestations] == [(5, 10, None)]
