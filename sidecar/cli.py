@@ -228,9 +228,10 @@ def _window(value: int | None) -> int | None:
 
 @contextlib.contextmanager
 def _offline_store(
-    data_dir: Path, root: bytes | None, strategy: str = "complete", create: bool = False
+    data_dir: Path, root: bytes | None, strategy: str = "complete", create: bool = False, writes: bool = True
 ) -> Iterator[Any]:
-    """The store of DIR for an offline command; only commands that may create DIR pass `create`."""
+    """The store of DIR for an offline command; only commands that may create DIR pass `create`. Commands
+    that change nothing (`writes=False`) close without writing a checkpoint."""
     from sidecar.store import IDENTITY_FILE, Store, StoreOptions
 
     if not create and not (data_dir / IDENTITY_FILE).is_file():
@@ -239,7 +240,7 @@ def _offline_store(
     try:
         yield store
     finally:
-        store.close()
+        store.close(final_checkpoint=writes)
 
 
 class _Progress:
@@ -413,7 +414,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         with _open_output(args.file) as out:
             count = export_over_grpc(args, pubkeys, out)
     else:
-        with _offline_store(Path(args.data_dir), None) as store, _open_output(args.file) as out:
+        with _offline_store(Path(args.data_dir), None, writes=False) as store, _open_output(args.file) as out:
             count = store.export_interchange(out, pubkeys)
     where = "standard output" if args.file == "-" else args.file
     what = "every registered validator" if count < 0 else f"{count} validators"
@@ -478,7 +479,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
         document = summary_over_grpc(args, pubkey)
     else:
-        with _offline_store(Path(args.data_dir), None) as store:
+        with _offline_store(Path(args.data_dir), None, writes=False) as store:
             summary = store.summary(pubkey)
         document = _summary_json(pubkey, summary)
     print(json.dumps(document, indent=2))

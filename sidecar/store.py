@@ -542,6 +542,10 @@ class Store:
             history.minify()
             # Minifying can change a history that every imported record already matched.
             changed = history.fingerprint() != before
+        if self._window is not None:
+            # As after every decision: an imported history beyond the window is pruned now, not on the first
+            # decision that happens to touch it (pruning only ever adds refusals).
+            history.prune(self._window)
         history.applied_sequence = max(history.applied_sequence, commit_sequence, record_sequence)
         if conflict:
             return ImportStatus.IMPORTED_SLASHABLE_DATA
