@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -83,6 +84,7 @@ __all__ = [
 log = logging.getLogger("sidecar.store")
 
 IDENTITY_FILE = "IDENTITY.json"
+_REASON_NUMBERS = frozenset(int(reason) for reason in Reason)
 IDENTITY_FORMAT = 1
 PUBKEY_SIZE = 48
 ROOT_SIZE = 32
@@ -90,8 +92,10 @@ ROOT_SIZE = 32
 # 1 GB. Pruning only ever adds refusals (see sidecar.history), so the window trades memory for the ability to
 # sign old messages out of order, never safety.
 DEFAULT_HISTORY_WINDOW_EPOCHS = 64
-# Validators copied per lock hold while taking a checkpoint or an export.
-SNAPSHOT_CHUNK = 1000
+# Validators copied per lock hold while taking a checkpoint or an export: about a millisecond of encoding with
+# a full history window, so a decision never waits long behind a checkpoint.
+SNAPSHOT_CHUNK = 50
+CHECKPOINT_PAUSE_SECONDS = 0.001
 # Results listed per import response; the rest are counted (keeps a 1,000,000-key response far below 4 MiB).
 MAX_LISTED_IMPORT_RESULTS = 1000
 
@@ -313,8 +317,29 @@ class Store:
         caller that stops at damage knows the last record read before it."""
         replayed = 0
         pending_import: list[tuple[int, codec.ImportValidatorRecord]] = []
+        # Attestation decisions are nearly the whole log, and restart time is this loop: they take a path with
+        # no record objects, applied by the same function as live decisions.
+        attestation_type = codec.ATTESTATION_DECISION
+        unpack = codec.unpack_attestation_decision
+        get = self._validators.get
+        window = self._window
         for sequence, record_type, payload in records:
             replayed += 1
+            if record_type == attestation_type:
+                pending_import = []
+                try:
+                    pubkey, source, target, root, reason, _, _ = unpack(payload)
+                except struct.error:
+                    raise DataDirError(
+                        f"log record {sequence} does not decode: attestation payload size"
+                    ) from None
+                if reason not in _REASON_NUMBERS:
+                    raise DataDirError(f"log record {sequence} has unknown reason {reason}")
+                history = get(pubkey)
+                if history is not None and sequence > history.applied_sequence:
+                    _apply_attestation(history, sequence, source, target, root, reason, payload, window)
+                self._replayed_through = sequence
+                continue
             try:
                 if record_type == codec.IMPORT_VALIDATOR:
                     pending_import.append((sequence, codec.decode_import_validator(payload)))
@@ -430,20 +455,8 @@ class Store:
         return moved
 
     def _replay_record_locked(self, sequence: int, record_type: int, payload: bytes) -> None:
-        if record_type == codec.ATTESTATION_DECISION:
-            attestation = codec.decode_attestation_decision(payload)
-            history = self._validators.get(attestation.pubkey)
-            if history is not None and sequence > history.applied_sequence:
-                self._apply_attestation_locked(
-                    history,
-                    sequence,
-                    attestation.source_epoch,
-                    attestation.target_epoch,
-                    attestation.signing_root,
-                    attestation.reason,
-                    payload,
-                )
-        elif record_type == codec.BLOCK_DECISION:
+        # Attestation decisions never get here: _replay applies them inline.
+        if record_type == codec.BLOCK_DECISION:
             block = codec.decode_block_decision(payload)
             history = self._validators.get(block.pubkey)
             if history is not None and sequence > history.applied_sequence:
@@ -472,29 +485,6 @@ class Store:
             history.add_block(slot, signing_root)
             if self._window is not None:
                 history.prune_blocks(self._window)
-        elif reason is Reason.ALLOWED_REPEAT:
-            history.allowed_count += 1
-        else:
-            history.refused_count += 1
-
-    def _apply_attestation_locked(
-        self,
-        history: ValidatorHistory,
-        sequence: int,
-        source_epoch: int,
-        target_epoch: int,
-        signing_root: bytes,
-        reason: Reason,
-        payload: bytes,
-    ) -> None:
-        history.applied_sequence = sequence
-        history.last_decision_sequence = sequence
-        history.last_decision = payload
-        if reason is Reason.ALLOWED_NEW:
-            history.allowed_count += 1
-            history.add_attestation(source_epoch, target_epoch, signing_root)
-            if self._window is not None:
-                history.prune_attestations(self._window)
         elif reason is Reason.ALLOWED_REPEAT:
             history.allowed_count += 1
         else:
@@ -586,7 +576,6 @@ class Store:
         now = self._now()
         encode = codec.encode_attestation_decision
         kind = codec.ATTESTATION_DECISION
-        allowed_new = Reason.ALLOWED_NEW
         window = self._window
         with self._lock:
             get = self._validators.get
@@ -603,21 +592,8 @@ class Store:
             for (_, source, target, root), (history, decision, payload) in zip(requests, decided, strict=True):
                 sequence += 1
                 results.append((decision, sequence))
-                if history is None:
-                    continue
-                history.applied_sequence = sequence
-                history.last_decision_sequence = sequence
-                history.last_decision = payload
-                reason = decision.reason
-                if reason is allowed_new:
-                    history.allowed_count += 1
-                    history.add_attestation(source, target, root)
-                    if window is not None:
-                        history.prune_attestations(window)
-                elif reason.allows:
-                    history.allowed_count += 1
-                else:
-                    history.refused_count += 1
+                if history is not None:
+                    _apply_attestation(history, sequence, source, target, root, decision.reason, payload, window)
         return results
 
     # ---------------------------------------------------------------- registration
@@ -831,8 +807,9 @@ class Store:
                     encoded.append(encode(pubkey, history))
                     self._newest_in_checkpoint = max(self._newest_in_checkpoint, history.applied_sequence)
             yield b"".join(encoded)
-            # Hand the GIL to the signing path between chunks.
-            time.sleep(0)
+            # A real pause, not just a yield: the signing path needs the GIL, not only the lock, and a checkpoint
+            # can afford to take a little longer.
+            time.sleep(CHECKPOINT_PAUSE_SECONDS)
 
     # ---------------------------------------------------------------- closing
 
@@ -850,6 +827,32 @@ class Store:
             if self._log is not None:
                 self._log.close()
             self._dir_lock.release()
+
+
+def _apply_attestation(
+    history: ValidatorHistory,
+    sequence: int,
+    source_epoch: int,
+    target_epoch: int,
+    signing_root: bytes,
+    reason: int,
+    payload: bytes,
+    window: int | None,
+) -> None:
+    """Applies one recorded attestation decision to its validator's history: live right after the decision, and
+    at replay, identically (replay re-applies recorded verdicts; it never re-decides)."""
+    history.applied_sequence = sequence
+    history.last_decision_sequence = sequence
+    history.last_decision = payload
+    if reason == Reason.ALLOWED_NEW:
+        history.allowed_count += 1
+        history.add_attestation(source_epoch, target_epoch, signing_root)
+        if window is not None:
+            history.prune_attestations(window)
+    elif reason == Reason.ALLOWED_REPEAT:
+        history.allowed_count += 1
+    else:
+        history.refused_count += 1
 
 
 def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus) -> None:

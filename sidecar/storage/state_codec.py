@@ -156,6 +156,11 @@ def encode_attestation_decision(
     return _ATTESTATION.pack(pubkey, source_epoch, target_epoch, signing_root, reason, 0, unix_nanos)
 
 
+def unpack_attestation_decision(payload: bytes) -> tuple[bytes, int, int, bytes, int, int, int]:
+    """The raw fields (pubkey, source, target, root, reason, reserved, unix_nanos), for replay's hot loop."""
+    return _ATTESTATION.unpack(payload)
+
+
 def decode_attestation_decision(payload: bytes) -> AttestationDecisionRecord:
     if len(payload) != _ATTESTATION.size:
         raise CodecError(f"attestation decision payload is {len(payload)} bytes, expected {_ATTESTATION.size}")
