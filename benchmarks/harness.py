@@ -294,4 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"benchmarks: baseline figures failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    if "sidecar" in args.targets:
+        # Memory, restart with a long log tail and checkpoint impact: their own module, same run.
+        from benchmarks import storage_figures
+
+        print("\n== storage figures", flush=True)
+        return storage_figures.main(["--quick"] if args.quick else [])
     return 0
