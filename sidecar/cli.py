@@ -262,7 +262,7 @@ class _Progress:
                 self._stream.flush()
                 self._last = now
         elif now - self._last >= 5.0:
-            log.info("%s: %d validators read so far", self._what, count)
+            log.info("%s: %d validators so far", self._what, count)
             self._last = now
 
     def done(self) -> None:
@@ -319,6 +319,7 @@ def _print_import_result(result: Any, out: IO[str]) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     _require_target(args)
+    configure_logging()
     path: Path = args.file
     if args.server:
         from sidecar.client import import_over_grpc
@@ -407,6 +408,7 @@ def _open_output(name: str) -> Iterator[BinaryIO]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _require_target(args)
+    configure_logging()
     pubkeys = [_pubkey(p) for p in args.pubkey] if args.pubkey else None
     if args.server:
         from sidecar.client import export_over_grpc
@@ -414,8 +416,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         with _open_output(args.file) as out:
             count = export_over_grpc(args, pubkeys, out)
     else:
+        progress = _Progress(f"exporting to {args.file}")
         with _offline_store(Path(args.data_dir), None, writes=False) as store, _open_output(args.file) as out:
-            count = store.export_interchange(out, pubkeys)
+            count = store.export_interchange(out, pubkeys, progress=progress)
+        progress.done()
     where = "standard output" if args.file == "-" else args.file
     what = "every registered validator" if count < 0 else f"{count} validators"
     print(f"exported {what} to {where}", file=sys.stderr)

@@ -96,6 +96,8 @@ DEFAULT_HISTORY_WINDOW_EPOCHS = 64
 # a full history window, so a decision never waits long behind a checkpoint.
 SNAPSHOT_CHUNK = 50
 CHECKPOINT_PAUSE_SECONDS = 0.001
+# A log line this often during a long recovery, so an operator sees it move.
+RECOVERY_PROGRESS_SECONDS = 5.0
 # Results listed per import response; the rest are counted (keeps a 1,000,000-key response far below 4 MiB).
 MAX_LISTED_IMPORT_RESULTS = 1000
 
@@ -323,8 +325,12 @@ class Store:
         unpack = codec.unpack_attestation_decision
         get = self._validators.get
         window = self._window
+        next_report = time.monotonic() + RECOVERY_PROGRESS_SECONDS
         for sequence, record_type, payload in records:
             replayed += 1
+            if not replayed % 65536 and time.monotonic() >= next_report:
+                log.info("recovering: %d log records replayed so far (sequence %d)", replayed, sequence)
+                next_report = time.monotonic() + RECOVERY_PROGRESS_SECONDS
             if record_type == attestation_type:
                 pending_import = []
                 try:
@@ -691,7 +697,9 @@ class Store:
                 f"this database's 0x{self.genesis_validators_root.hex()}"
             )
 
-    def export_interchange(self, out: BinaryIO, pubkeys: list[bytes] | None = None) -> int:
+    def export_interchange(
+        self, out: BinaryIO, pubkeys: list[bytes] | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
         """Writes an EIP-3076 v5 document for the given keys (all when None); returns the number of keys.
 
         Floors raised by pruning or repair are carried as records (see ValidatorHistory.export_*), so an importer
@@ -705,11 +713,17 @@ class Store:
                 if missing:
                     raise UnknownValidatorError(f"validator 0x{missing[0].hex()} is not registered")
                 selected = sorted(set(pubkeys))
-        write_interchange(out, self.genesis_validators_root, self._export_records(selected))
+        write_interchange(out, self.genesis_validators_root, self._export_records(selected, progress))
+        if progress is not None:
+            progress(len(selected))
         return len(selected)
 
-    def _export_records(self, pubkeys: list[bytes]) -> Iterator[ValidatorRecords]:
+    def _export_records(
+        self, pubkeys: list[bytes], progress: Callable[[int], None] | None = None
+    ) -> Iterator[ValidatorRecords]:
         for start in range(0, len(pubkeys), SNAPSHOT_CHUNK):
+            if progress is not None and start and not start % 1000:
+                progress(start)
             chunk = []
             with self._lock:
                 for pubkey in pubkeys[start : start + SNAPSHOT_CHUNK]:
