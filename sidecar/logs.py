@@ -1,7 +1,8 @@
 """Logging setup: human lines by default, one JSON object per line for collectors.
 
 Everything logs through the standard `logging` module under the `sidecar` logger; this module only formats.
-Fields passed with `extra=` (pubkey, reason, ...) appear as JSON keys, and after the message in text mode.
+Fields passed with `extra=` (pubkey, reason, ...) appear as JSON keys, and after the message in text mode
+unless the message already says them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = _extras(record)
+        message = record.getMessage()
+        # Fields the sentence already says are left out: they are there for JSON collectors.
+        extras = {key: value for key, value in _extras(record).items() if str(value) not in message}
         if not extras:
             return line
         return line + " [" + " ".join(f"{key}={value}" for key, value in extras.items()) + "]"
