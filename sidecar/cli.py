@@ -493,22 +493,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def _summary_json(pubkey: bytes, summary: Any) -> dict[str, object]:
     if summary is None:
         return {"pubkey": "0x" + pubkey.hex(), "registered": False}
+    from sidecar.store import SUMMARY_BOUNDS, SUMMARY_COUNTS
+
     document: dict[str, object] = {"pubkey": "0x" + pubkey.hex(), "registered": True}
-    for name in (
-        "block_count",
-        "attestation_count",
-        "lowest_slot",
-        "highest_slot",
-        "lowest_source_epoch",
-        "highest_source_epoch",
-        "lowest_target_epoch",
-        "highest_target_epoch",
-        "slot_floor",
-        "source_epoch_floor",
-        "target_epoch_floor",
-        "allowed_decisions",
-        "refused_decisions",
-    ):
+    for name in SUMMARY_COUNTS + SUMMARY_BOUNDS:
         document[name] = getattr(summary, name)
     document["last_decision"] = summary.last_decision.to_json() if summary.last_decision else None
     return document

@@ -32,21 +32,6 @@ __all__ = [
 ]
 
 IMPORT_CHUNK_BYTES = 1024 * 1024
-SUMMARY_FIELDS = (
-    "block_count",
-    "attestation_count",
-    "lowest_slot",
-    "highest_slot",
-    "lowest_source_epoch",
-    "highest_source_epoch",
-    "lowest_target_epoch",
-    "highest_target_epoch",
-    "slot_floor",
-    "source_epoch_floor",
-    "target_epoch_floor",
-    "allowed_decisions",
-    "refused_decisions",
-)
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -132,35 +117,39 @@ def export_over_grpc(args: argparse.Namespace, pubkeys: list[bytes] | None, out:
     return len(pubkeys) if pubkeys else -1
 
 
-def decisions_over_grpc(
-    args: argparse.Namespace, pubkey: bytes | None, since_sequence: int
-) -> Iterator[dict[str, object]]:
+def _record_json(message: admin_pb2.DecisionRecord) -> dict[str, object]:
+    """An audit record received over gRPC, as the same JSON the offline commands print."""
     from sidecar.audit import ATTESTATION, BLOCK, DecisionRecord
     from sidecar.rules import Reason
 
+    block = message.kind == admin_pb2.DECISION_KIND_BLOCK
+    return DecisionRecord(
+        sequence=message.sequence,
+        kind=BLOCK if block else ATTESTATION,
+        pubkey=message.pubkey,
+        slot=message.slot if block else None,
+        source_epoch=None if block else message.source_epoch,
+        target_epoch=None if block else message.target_epoch,
+        signing_root=message.signing_root,
+        reason=Reason(message.reason),
+        unix_nanos=message.recorded_at_unix_nanos,
+    ).to_json()
+
+
+def decisions_over_grpc(
+    args: argparse.Namespace, pubkey: bytes | None, since_sequence: int
+) -> Iterator[dict[str, object]]:
     with _channel(args) as channel:
         stream = admin_pb2_grpc.AdminServiceStub(channel).ListDecisions(
             admin_pb2.ListDecisionsRequest(pubkey=pubkey or b"", since_sequence=since_sequence)
         )
         for message in stream:
-            block = message.kind == admin_pb2.DECISION_KIND_BLOCK
-            yield DecisionRecord(
-                sequence=message.sequence,
-                kind=BLOCK if block else ATTESTATION,
-                pubkey=message.pubkey,
-                slot=message.slot if block else None,
-                source_epoch=None if block else message.source_epoch,
-                target_epoch=None if block else message.target_epoch,
-                signing_root=message.signing_root,
-                reason=Reason(message.reason),
-                unix_nanos=message.recorded_at_unix_nanos,
-            ).to_json()
+            yield _record_json(message)
 
 
 def summary_over_grpc(args: argparse.Namespace, pubkey: bytes) -> dict[str, object]:
     """The same JSON document the offline `summary` prints."""
-    from sidecar.audit import ATTESTATION, BLOCK, DecisionRecord
-    from sidecar.rules import Reason
+    from sidecar.store import SUMMARY_BOUNDS, SUMMARY_COUNTS
 
     with _channel(args) as channel:
         response = admin_pb2_grpc.AdminServiceStub(channel).GetValidatorSummary(
@@ -169,25 +158,12 @@ def summary_over_grpc(args: argparse.Namespace, pubkey: bytes) -> dict[str, obje
     document: dict[str, object] = {"pubkey": "0x" + pubkey.hex(), "registered": response.registered}
     if not response.registered:
         return document
-    for name in SUMMARY_FIELDS:
-        optional = name not in ("block_count", "attestation_count", "allowed_decisions", "refused_decisions")
-        document[name] = getattr(response, name) if not optional or response.HasField(name) else None
-    last = None
-    if response.HasField("last_decision"):
-        message = response.last_decision
-        block = message.kind == admin_pb2.DECISION_KIND_BLOCK
-        last = DecisionRecord(
-            sequence=message.sequence,
-            kind=BLOCK if block else ATTESTATION,
-            pubkey=message.pubkey,
-            slot=message.slot if block else None,
-            source_epoch=None if block else message.source_epoch,
-            target_epoch=None if block else message.target_epoch,
-            signing_root=message.signing_root,
-            reason=Reason(message.reason),
-            unix_nanos=message.recorded_at_unix_nanos,
-        ).to_json()
-    document["last_decision"] = last
+    for name in SUMMARY_COUNTS:
+        document[name] = getattr(response, name)
+    for name in SUMMARY_BOUNDS:
+        document[name] = getattr(response, name) if response.HasField(name) else None
+    has_last = response.HasField("last_decision")
+    document["last_decision"] = _record_json(response.last_decision) if has_last else None
     return document
 
 

@@ -33,7 +33,7 @@ from sidecar.errors import (
 from sidecar.metrics import Metrics
 from sidecar.rules import Decision
 from sidecar.storage import LogUnavailableError, StorageError
-from sidecar.store import AttestationRequest, Store
+from sidecar.store import SUMMARY_BOUNDS, AttestationRequest, Store
 from slashing_protection.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -160,6 +160,16 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_exception(error)
 
 
+def _signing_decision(decision: Decision, sequence: int) -> signing_pb2.SigningDecision:
+    """A decision as the contract's message (the batch path builds its items in place, for speed)."""
+    return _SigningDecision(
+        verdict=_VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED,
+        reason=_proto_reason(decision.reason),
+        message=decision.message,
+        sequence=sequence,
+    )
+
+
 def _log_refusal(kind: str, pubkey: bytes, detail: str, decision: Decision) -> None:
     refusals.warning(
         "refused %s for 0x%s (%s): %s",
@@ -213,14 +223,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                 _log_refusal("block", request.pubkey, f"slot {request.slot}", decision)
         except Exception as error:  # every failure is "do not sign"
             await _abort(context, error)
-        response = signing_pb2.CheckAndRecordBlockResponse(
-            decision=_SigningDecision(
-                verdict=_VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED,
-                reason=_proto_reason(decision.reason),
-                message=decision.message,
-                sequence=sequence,
-            )
-        )
+        response = signing_pb2.CheckAndRecordBlockResponse(decision=_signing_decision(decision, sequence))
         self._observe(time.perf_counter() - started)
         return response
 
@@ -242,14 +245,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                 )
         except Exception as error:
             await _abort(context, error)
-        response = signing_pb2.CheckAndRecordAttestationResponse(
-            decision=_SigningDecision(
-                verdict=_VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED,
-                reason=_proto_reason(decision.reason),
-                message=decision.message,
-                sequence=sequence,
-            )
-        )
+        response = signing_pb2.CheckAndRecordAttestationResponse(decision=_signing_decision(decision, sequence))
         self._observe(time.perf_counter() - started)
         return response
 
@@ -584,17 +580,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             allowed_decisions=summary.allowed_decisions,
             refused_decisions=summary.refused_decisions,
         )
-        for name in (
-            "lowest_slot",
-            "highest_slot",
-            "lowest_source_epoch",
-            "highest_source_epoch",
-            "lowest_target_epoch",
-            "highest_target_epoch",
-            "slot_floor",
-            "source_epoch_floor",
-            "target_epoch_floor",
-        ):
+        for name in SUMMARY_BOUNDS:
             value = getattr(summary, name)
             if value is not None:
                 setattr(response, name, value)

@@ -159,6 +159,21 @@ class ImportResult:
     status_counts: dict[ImportStatus, int] = field(default_factory=dict)
 
 
+# GetValidatorSummary's fields, in the order operators read them: counts always present, bounds only when set.
+SUMMARY_COUNTS = ("block_count", "attestation_count", "allowed_decisions", "refused_decisions")
+SUMMARY_BOUNDS = (
+    "lowest_slot",
+    "highest_slot",
+    "lowest_source_epoch",
+    "highest_source_epoch",
+    "lowest_target_epoch",
+    "highest_target_epoch",
+    "slot_floor",
+    "source_epoch_floor",
+    "target_epoch_floor",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ValidatorSummary:
     pubkey: bytes
@@ -909,40 +924,10 @@ def _minified(
     return minified_blocks, minified_attestations, reduced
 
 
-def _read_small_file(path: Path, fileops: FileOps) -> bytes | None:
-    if not fileops.exists(path):
-        return None
-    fd = fileops.open_read(path)
-    try:
-        chunks = []
-        while chunk := fileops.read(fd, 65536):
-            chunks.append(chunk)
-            if sum(map(len, chunks)) > 1024 * 1024:
-                raise DataDirError(f"{path} is too large to be an identity file")
-        return b"".join(chunks)
-    finally:
-        fileops.close(fd)
-
-
-def _write_file_atomically(path: Path, data: bytes, fileops: FileOps) -> None:
-    """Temporary name, write, fsync, rename, fsync the directory: the file is whole or absent after a crash."""
-    temporary = path.with_name(path.name + ".tmp")
-    if fileops.exists(temporary):
-        fileops.unlink(temporary)
-    fd = fileops.create_exclusive(temporary)
-    try:
-        fileops.write(fd, data)
-        fileops.fsync(fd)
-    finally:
-        fileops.close(fd)
-    fileops.rename(temporary, path)
-    fileops.fsync_dir(path.parent)
-
-
 def _open_identity(data_dir: Path, genesis_validators_root: bytes | None, fileops: FileOps) -> bytes:
     """Reads DIR/IDENTITY.json, or writes it for a new directory. Returns the directory's root."""
     path = data_dir / IDENTITY_FILE
-    raw = _read_small_file(path, fileops)
+    raw = fileops.read_file_if_exists(path)
     if raw is None:
         if _has_files(data_dir, fileops):
             raise DataDirError(f"{data_dir} holds a log or checkpoints but no {IDENTITY_FILE}; refusing to guess")
@@ -951,7 +936,7 @@ def _open_identity(data_dir: Path, genesis_validators_root: bytes | None, fileop
                 f"{data_dir} is a new data directory: give --network or --genesis-validators-root to create it"
             )
         document = {"format": IDENTITY_FORMAT, "genesis_validators_root": "0x" + genesis_validators_root.hex()}
-        _write_file_atomically(path, (json.dumps(document, indent=2) + "\n").encode(), fileops)
+        fileops.write_file_atomically(path, (json.dumps(document, indent=2) + "\n").encode())
         return genesis_validators_root
     try:
         document = json.loads(raw)
