@@ -126,8 +126,6 @@ class SidecarServer:
         self._serving = False
         self._health_update: asyncio.Future[None] | None = None
         self._started_unix = time.time()
-        self.ready = asyncio.Event()
-        self.failed: BaseException | None = None
 
     # ---------------------------------------------------------------- start
 
@@ -200,14 +198,9 @@ class SidecarServer:
             on_health_change=lambda healthy: self._call_soon(loop, healthy),
             on_fsync=self.metrics.observe_fsync,
         )
-        try:
-            store = await asyncio.to_thread(
-                Store.open_or_create, config.data_dir, config.genesis_validators_root, options
-            )
-        except BaseException as error:
-            self.failed = error
-            self.ready.set()
-            raise
+        store = await asyncio.to_thread(
+            Store.open_or_create, config.data_dir, config.genesis_validators_root, options
+        )
         self.holder.store = store
         self.holder.accepting = True
         recovery = store.recovery
@@ -242,7 +235,6 @@ class SidecarServer:
         )
         if config.checkpoint_interval > 0:
             self._checkpoint_task = asyncio.create_task(self._checkpoint_loop())
-        self.ready.set()
 
     async def _set_serving(self, serving: bool) -> None:
         self._serving = serving

@@ -634,9 +634,6 @@ class Store:
             self._apply_register_locked(new, sequence)
         return len(new), len(distinct) - len(new), sequence
 
-    def is_registered(self, pubkey: bytes) -> bool:
-        return pubkey in self._validators
-
     @property
     def validator_count(self) -> int:
         return len(self._validators)
