@@ -318,6 +318,22 @@ class ValidatorHistory:
             return MergeOutcome.CONFLICT
         return MergeOutcome.ADDED
 
+    def record_allowed_attestation(self, source_epoch: int, target_epoch: int, signing_root: bytes) -> None:
+        """Records an attestation the rules allowed as new (the signing hot path and its replay).
+
+        The usual vote has a target above every recorded one and then only needs appending; anything else takes
+        `add_attestation`'s general path. Same result either way: allowed means no conflict and not below the
+        floors, which is exactly when `add_attestation` appends with its root.
+        """
+        targets = self.targets
+        if targets and target_epoch <= targets[-1]:
+            self.add_attestation(source_epoch, target_epoch, signing_root)
+            return
+        if source_epoch < self.source_epoch_floor or target_epoch <= self.target_epoch_floor:
+            self.add_attestation(source_epoch, target_epoch, signing_root)  # cannot happen to an allowed vote
+            return
+        self._append_attestation(source_epoch, target_epoch, signing_root)
+
     def _bound_outcome(self, source_epoch: int, target_epoch: int, previous_count: int) -> MergeOutcome:
         # An appended vote (target above all others) is slashable only by surrounding an earlier one.
         if previous_count and self._prefix_max_source[previous_count - 1] > source_epoch:
@@ -389,13 +405,20 @@ class ValidatorHistory:
         if not targets or targets[0] + window_epochs + PRUNE_SLACK_EPOCHS >= targets[-1]:
             return False
         cut = bisect_left(targets, targets[-1] - window_epochs)
-        self.raise_floors(SLOT_FLOOR_NONE, self._prefix_max_source[cut - 1], targets[cut - 1])
+        prefix = self._prefix_max_source
+        dropped_maximum = prefix[cut - 1]
+        self.raise_floors(SLOT_FLOOR_NONE, dropped_maximum, targets[cut - 1])
+        # A kept prefix maximum above the dropped records' maximum came from a kept record and stays right; only
+        # the leading stretch that still equals the dropped maximum must be recomputed (usually empty, as
+        # sources rise with targets).
+        stale_end = bisect_right(prefix, dropped_maximum, cut)
+        recomputed = array("Q", accumulate(self.sources[cut:stale_end], max))
+        self._prefix_max_source = recomputed + prefix[stale_end:]
         del targets[:cut]
         del self.sources[:cut]
         del self._suffix_min_source[:cut]
         del self._roots[: cut * ROOT_SIZE]
         del self._root_known[:cut]
-        self._prefix_max_source = array("Q", accumulate(self.sources, max))
         return True
 
     def prune_blocks(self, window_epochs: int) -> bool:

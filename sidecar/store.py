@@ -596,21 +596,23 @@ class Store:
         """
         now = self._now()
         encode = codec.encode_attestation_decision
-        kind = codec.ATTESTATION_DECISION
         window = self._window
         with self._lock:
             get = self._validators.get
-            decided = []
+            histories = []
+            decisions = []
             payloads = []
             for pubkey, source, target, root in requests:
                 history = get(pubkey)
                 decision = check_attestation(history, source, target, root)
-                payload = encode(pubkey, source, target, root, decision.reason, now)
-                decided.append((history, decision, payload))
-                payloads.append((kind, payload))
-            sequence = self.log.append_many(payloads) - len(payloads)
+                histories.append(history)
+                decisions.append(decision)
+                payloads.append(encode(pubkey, source, target, root, decision.reason, now))
+            sequence = self.log.append_batch(codec.ATTESTATION_DECISION, payloads) - len(payloads)
             results = []
-            for (_, source, target, root), (history, decision, payload) in zip(requests, decided, strict=True):
+            for (_, source, target, root), history, decision, payload in zip(
+                requests, histories, decisions, payloads, strict=True
+            ):
                 sequence += 1
                 results.append((decision, sequence))
                 if history is not None:
@@ -875,7 +877,7 @@ def _apply_attestation(
     history.last_decision = payload
     if reason == Reason.ALLOWED_NEW:
         history.allowed_count += 1
-        history.add_attestation(source_epoch, target_epoch, signing_root)
+        history.record_allowed_attestation(source_epoch, target_epoch, signing_root)
         if window is not None:
             history.prune_attestations(window)
     elif reason == Reason.ALLOWED_REPEAT:

@@ -71,6 +71,7 @@ __all__ = [
     "decode_record",
     "decode_segment_header",
     "encode_record",
+    "encode_records",
     "encode_segment_header",
     "find_intact_record",
 ]
@@ -86,6 +87,7 @@ SEGMENT_HEADER_SIZE = _SEGMENT_HEADER.size
 
 _RECORD_HEADER = struct.Struct("<IIBQ")
 _TYPE_AND_SEQUENCE = struct.Struct("<BQ")
+_LENGTH_AND_CRC = struct.Struct("<II")  # the record header's first two fields; _TYPE_AND_SEQUENCE completes it
 RECORD_HEADER_SIZE = _RECORD_HEADER.size
 _CRC_COVERAGE_START = 8  # the CRC covers the record from its type byte onward
 _MAX_SEQUENCE = 2**64 - 1
@@ -174,9 +176,27 @@ def encode_record(sequence: int, record_type: int, payload: bytes | memoryview) 
         raise ValueError(f"sequence {sequence} is out of range")
     if len(payload) > MAX_PAYLOAD_SIZE:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the maximum of {MAX_PAYLOAD_SIZE}")
-    type_and_sequence = _TYPE_AND_SEQUENCE.pack(record_type, sequence)
-    crc = crc32c.crc32c(payload, crc32c.crc32c(type_and_sequence))
-    return _RECORD_HEADER.pack(len(payload), crc, record_type, sequence) + payload
+    covered = _TYPE_AND_SEQUENCE.pack(record_type, sequence) + payload
+    return _LENGTH_AND_CRC.pack(len(payload), crc32c.crc32c(covered)) + covered
+
+
+def encode_records(first_sequence: int, record_type: int, payloads: list[bytes]) -> list[bytes]:
+    """Frame ``payloads``, all of ``record_type``, under consecutive sequence numbers from ``first_sequence``:
+    `encode_record` for a batch, checking its arguments once instead of per record (the signing hot path)."""
+    if not 0 < record_type <= 255:
+        raise ValueError(f"record type must be 1..255 (0 is reserved), got {record_type}")
+    if first_sequence < 1 or first_sequence + len(payloads) - 1 > _MAX_SEQUENCE:
+        raise ValueError(f"sequences {first_sequence}..{first_sequence + len(payloads) - 1} are out of range")
+    if payloads and max(map(len, payloads)) > MAX_PAYLOAD_SIZE:
+        raise ValueError(f"a payload exceeds the maximum of {MAX_PAYLOAD_SIZE} bytes")
+    pack_covered = _TYPE_AND_SEQUENCE.pack
+    pack_length_and_crc = _LENGTH_AND_CRC.pack
+    crc = crc32c.crc32c
+    frames = []
+    for sequence, payload in enumerate(payloads, first_sequence):
+        covered = pack_covered(record_type, sequence) + payload
+        frames.append(pack_length_and_crc(len(payload), crc(covered)) + covered)
+    return frames
 
 
 def _damage(outcome: Outcome, offset: int, detail: str) -> Decoded:

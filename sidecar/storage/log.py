@@ -58,6 +58,7 @@ from sidecar.storage.framing import (
     decode_record,
     decode_segment_header,
     encode_record,
+    encode_records,
     encode_segment_header,
     find_intact_record,
 )
@@ -672,18 +673,7 @@ class DecisionLog:
         Raises ``ValueError`` for type 0 or an oversized payload and :class:`LogUnavailableError` while the
         log is failed or closed; in both cases nothing was queued and no sequence number was used.
         """
-        with self._lock:
-            if self._failure is not None or self._closing:
-                raise self._unavailable_locked()
-            sequence = self._next_sequence
-            frame = encode_record(sequence, record_type, payload)
-            self._next_sequence = sequence + 1
-            self._pending.append(frame)
-            self._pending_records += 1
-            if self._flusher_idle:
-                self._flusher_idle = False
-                self._wakeup.notify()
-        return sequence
+        return self._enqueue(lambda sequence: [encode_record(sequence, record_type, payload)])
 
     def append_many(self, records: Sequence[tuple[int, bytes]]) -> int:
         """Queue ``records`` (type, payload) with consecutive sequence numbers; return the last one.
@@ -692,22 +682,34 @@ class DecisionLog:
         """
         if not records:
             raise ValueError("append_many needs at least one record")
+        return self._enqueue(
+            lambda first: [
+                encode_record(sequence, record_type, payload)
+                for sequence, (record_type, payload) in enumerate(records, start=first)
+            ]
+        )
+
+    def append_batch(self, record_type: int, payloads: list[bytes]) -> int:
+        """`append_many` for records of one type: the signing hot path (framing checks its arguments once)."""
+        if not payloads:
+            raise ValueError("append_batch needs at least one record")
+        return self._enqueue(lambda first: encode_records(first, record_type, payloads))
+
+    def _enqueue(self, frames_from: Callable[[int], list[bytes]]) -> int:
+        """Frame records from the next sequence number (``frames_from(first)``) and queue them; return the last
+        sequence. Framing happens under the lock, so sequence numbers are queued in order and without gaps."""
         with self._lock:
             if self._failure is not None or self._closing:
                 raise self._unavailable_locked()
             first = self._next_sequence
-            frames = [
-                encode_record(sequence, record_type, payload)
-                for sequence, (record_type, payload) in enumerate(records, start=first)
-            ]
-            last = first + len(frames) - 1
-            self._next_sequence = last + 1
+            frames = frames_from(first)
+            self._next_sequence = first + len(frames)
             self._pending.extend(frames)
             self._pending_records += len(frames)
             if self._flusher_idle:
                 self._flusher_idle = False
                 self._wakeup.notify()
-        return last
+        return first + len(frames) - 1
 
     # -- waiting for durability --------------------------------------------------------------------------------
 

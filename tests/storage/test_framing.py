@@ -18,6 +18,7 @@ from sidecar.storage.framing import (
     decode_record,
     decode_segment_header,
     encode_record,
+    encode_records,
     encode_segment_header,
     find_intact_record,
 )
@@ -102,6 +103,27 @@ def test_encode_refuses_reserved_type_and_oversized_payload() -> None:
         encode_record(1, 1, bytes(MAX_PAYLOAD_SIZE + 1))
     with pytest.raises(ValueError, match="out of range"):
         encode_record(0, 1, b"x")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 2**64 - 50), st.integers(1, 255), st.lists(st.binary(max_size=64), min_size=1, max_size=40))
+def test_a_batch_frames_exactly_as_records_one_by_one(first: int, record_type: int, payloads: list[bytes]) -> None:
+    frames = encode_records(first, record_type, payloads)
+    assert frames == [encode_record(first + i, record_type, p) for i, p in enumerate(payloads)]
+    for i, frame in enumerate(frames):
+        decoded = decode_record(frame, 0)
+        assert (decoded.outcome, decoded.sequence, decoded.payload) == (Outcome.RECORD, first + i, payloads[i])
+
+
+def test_a_batch_is_refused_whole_for_one_bad_argument() -> None:
+    with pytest.raises(ValueError, match="0 is reserved"):
+        encode_records(1, 0, [b"x"])
+    with pytest.raises(ValueError, match="exceeds the maximum"):
+        encode_records(1, 1, [b"x", bytes(MAX_PAYLOAD_SIZE + 1)])
+    with pytest.raises(ValueError, match="out of range"):
+        encode_records(0, 1, [b"x"])
+    with pytest.raises(ValueError, match="out of range"):
+        encode_records(2**64 - 1, 1, [b"x", b"y"])
 
 
 RECORD = encode_record(5, 3, b"payload bytes")

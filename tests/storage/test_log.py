@@ -175,8 +175,21 @@ def test_append_validation_queues_nothing(tmp_path: Path) -> None:
             log.append_many([(1, b"fine"), (0, b"not fine")])
         with pytest.raises(ValueError, match="at least one"):
             log.append_many([])
+        with pytest.raises(ValueError, match="maximum"):
+            log.append_batch(2, [b"fine", bytes(MAX_PAYLOAD_SIZE + 1)])
+        with pytest.raises(ValueError, match="at least one"):
+            log.append_batch(2, [])
         assert log.append(1, b"first") == 1
         assert log.sync() == 1
+
+
+def test_a_batch_of_one_type_takes_consecutive_sequences_after_other_appends(tmp_path: Path) -> None:
+    with open_log(tmp_path) as log:
+        assert log.append(1, b"one") == 1
+        assert log.append_batch(2, [b"two", b"three", b"four"]) == 4
+        assert log.append_many([(3, b"five")]) == 5
+        log.wait_durable(5)
+    assert sequences_on_disk(tmp_path) == [1, 2, 3, 4, 5]
 
 
 def test_close_flushes_and_then_refuses(tmp_path: Path) -> None:
