@@ -201,6 +201,8 @@ class SidecarServer:
         store = await asyncio.to_thread(
             Store.open_or_create, config.data_dir, config.genesis_validators_root, options
         )
+        # From here on this loop's appends wake the flusher through Durability, once per loop turn.
+        store.log.defer_wakeups_on_this_thread()
         self.holder.store = store
         self.holder.accepting = True
         recovery = store.recovery

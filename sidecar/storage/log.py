@@ -28,7 +28,9 @@ and the sidecar must refuse to start.
 
 Durability: :meth:`DecisionLog.append` never touches the disk; it numbers the record and queues its bytes.
 One flusher thread writes whatever is queued, calls ``fdatasync`` once for all of it (group commit), then
-advances ``durable_sequence`` and runs the waiters. A sequence is reported durable only after an fsync that
+advances ``durable_sequence`` and runs the waiters. A caller that would only sit waiting for that (a lone
+signing call) may do the same write itself with :meth:`DecisionLog.flush_here`; one lock makes sure only one
+thread writes at a time. A sequence is reported durable only after an fsync that
 covered it succeeded. After a failed write or fsync the page cache can no longer be trusted (fsyncgate), so
 the flusher does not retry the fsync: it truncates the segment back to the last durable offset, rewrites the
 records that were not durable (same sequence numbers) and fsyncs again.
@@ -554,7 +556,13 @@ class DecisionLog:
         self._flusher_idle = False
         self._retry_requested = False
 
-        # Owned by the flusher thread once it runs.
+        # Held by whoever writes and fsyncs (the flusher thread, or a caller of `flush_here`), so only one thread
+        # touches the active segment; the state below belongs to its holder.
+        self._writing = threading.Lock()
+        # Appends made on this thread do not wake the flusher (see `defer_wakeups_on_this_thread`).
+        self._deferring_thread: int | None = None
+        # Duration of the newest group commit's fdatasync (read without a lock: a float, written by one thread).
+        self.last_fsync_seconds = 0.0
         self._active: _ActiveSegment | None = None
         self._unsynced: list[bytes] = []
         self._unsynced_last = 0
@@ -706,10 +714,44 @@ class DecisionLog:
             self._next_sequence = first + len(frames)
             self._pending.extend(frames)
             self._pending_records += len(frames)
-            if self._flusher_idle:
+            if self._flusher_idle and threading.get_ident() != self._deferring_thread:
                 self._flusher_idle = False
                 self._wakeup.notify()
         return first + len(frames) - 1
+
+    # -- who writes: the flusher thread, or the appending thread itself ---------------------------------------
+
+    def defer_wakeups_on_this_thread(self) -> None:
+        """Appends made on the calling thread stop waking the flusher: that thread promises to call `wake` or
+        `flush_here` after appending. An event loop uses this to wake the flusher once for everything its
+        callbacks appended in one turn, or to write a lone record itself instead of handing it over."""
+        self._deferring_thread = threading.get_ident()
+
+    def wake(self) -> None:
+        """Have the flusher write whatever is pending (a no-op when nothing is)."""
+        with self._lock:
+            if self._pending and self._flusher_idle:
+                self._flusher_idle = False
+                self._wakeup.notify()
+
+    def flush_here(self) -> bool:
+        """Write and fsync what is pending on the calling thread; return whether it did.
+
+        For a caller that would otherwise sit idle while the flusher does the same work: it saves the two thread
+        handoffs. Does nothing (returns False) when another thread is writing, when nothing is pending, or while
+        the log is failed or closing; the flusher then takes care of the records (call `wake`).
+        """
+        if not self._writing.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                if self._failure is not None or self._closing or not self._pending:
+                    return False
+                batch, batch_records, batch_last = self._take_pending_locked()
+            self._write_batch(batch, batch_records, batch_last)
+            return True
+        finally:
+            self._writing.release()
 
     # -- waiting for durability --------------------------------------------------------------------------------
 
@@ -746,6 +788,7 @@ class DecisionLog:
             return
         if threading.get_ident() == self._thread.ident:
             raise RuntimeError("wait_durable called on the flusher thread (from a durability callback?)")
+        self.wake()  # records appended on a deferring thread may not have woken the flusher yet
         released = threading.Lock()
         released.acquire()
         outcome: list[BaseException | None] = []
@@ -908,32 +951,45 @@ class DecisionLog:
                     self._flusher_idle = True
                     self._wakeup.wait()
                 self._flusher_idle = False
-                failed = self._failure is not None
-                if not failed:  # while failed, records to rewrite are in _unsynced and appends are refused
-                    batch = self._pending
-                    batch_records = self._pending_records
-                    batch_last = self._next_sequence - 1
-                    self._pending = []
-                    self._pending_records = 0
-            if failed:
-                if not self._recover_from_failure():
-                    return
-                continue
-            if not batch:
-                return  # closing, and everything is durable
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            with self._writing:
+                with self._lock:
+                    failed = self._failure is not None
+                    closing = self._closing
+                    if not failed:  # while failed, records to rewrite are in _unsynced and appends are refused
+                        batch, batch_records, batch_last = self._take_pending_locked()
+                if failed:
+                    if not self._recover_from_failure():
+                        return
+                    continue
+                if batch:
+                    self._write_batch(batch, batch_records, batch_last)
+                elif closing:
+                    return  # everything is durable
+                # else a `flush_here` took the records first
+
+    def _take_pending_locked(self) -> tuple[list[bytes], int, int]:
+        batch = self._pending
+        batch_records = self._pending_records
+        self._pending = []
+        self._pending_records = 0
+        return batch, batch_records, self._next_sequence - 1
+
+    def _write_batch(self, batch: list[bytes], batch_records: int, batch_last: int) -> None:
+        """One group commit: write, fsync, publish, and start a new segment when this one is full. Holder of
+        `_writing` only. A failure enters the failed state, which the flusher thread recovers from."""
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        try:
+            self._write_and_sync(data, batch_records)
+        except Exception as error:
+            self._enter_failure(error, [data])
+            return
+        self._publish_durable(batch_last)
+        if self._active is not None and self._active.size >= self._segment_bytes:
             try:
-                self._write_and_sync(data, batch_records)
+                self._start_segment(batch_last + 1)
             except Exception as error:
-                self._enter_failure(error, [data])
-                continue
-            self._publish_durable(batch_last)
-            if self._active is not None and self._active.size >= self._segment_bytes:
-                try:
-                    self._start_segment(batch_last + 1)
-                except Exception as error:
-                    self._needs_new_segment = True
-                    self._enter_failure(error, [])
+                self._needs_new_segment = True
+                self._enter_failure(error, [])
 
     def _write_and_sync(self, data: bytes, records: int) -> None:
         active = self._active
@@ -943,6 +999,7 @@ class DecisionLog:
         started = self._clock()
         self._fileops.fdatasync(active.fd)
         elapsed = self._clock() - started
+        self.last_fsync_seconds = elapsed
         active.durable_size = active.size
         if self._on_fsync is not None:
             try:
@@ -961,7 +1018,7 @@ class DecisionLog:
             _run_callback(callback, None)
 
     def _start_segment(self, first_sequence: int) -> None:
-        """Create, fsync and publish a new segment, then make it the active one. Flusher (or open) only."""
+        """Create, fsync and publish a new segment, then make it the active one. Holder of `_writing` (or open)."""
         path = self.directory / segment_name(first_sequence)
         temporary = path.with_name(path.name + _TEMPORARY_SUFFIX)
         fileops = self._fileops
@@ -1003,6 +1060,7 @@ class DecisionLog:
             self._failure = failure
             waiters = self._waiters
             self._waiters = []
+            self._wakeup.notify()  # the flusher recovers; this may be a `flush_here` caller's thread
         logger.error(
             "decision log failed (%s); %d waiters released with an error; sequences %d..%d are not durable and "
             "will be rewritten",
