@@ -16,10 +16,11 @@ Every fourth kill comes after a SIGTERM (a supervisor's grace period running out
 checkpoint), every third restart is itself killed at a random moment (before, during or after recovery), and a
 test ends with a graceful stop (SIGTERM) under load, checked the same way, then a clean `verify`.
 
-Four variants: plain; `--archive-segments` (one more rename to interrupt); a one-epoch history window (pruning
-raises floors constantly, and recovery must restore them); both. Each test kills a server 8 times: 5 plain
-SIGKILLs under load, 2 during a restart, 1 after a SIGTERM (unless the shutdown beat it); the default suite so
-makes 28 to 32 kills, the `slow` variant (`pytest -m slow tests/crash`) 8 x 20 more. The seed is in the test id
+Five variants: plain; `--archive-segments` (one more rename to interrupt); a one-epoch history window (pruning
+raises floors constantly, and recovery must restore them); both; and a lone caller (each allowed record is then
+written by the server's event loop itself rather than its flusher thread). Each test kills a server 8 times: 5
+plain SIGKILLs under load, 2 during a restart, 1 after a SIGTERM (unless the shutdown beat it); the default suite
+so makes 35 to 40 kills, the `slow` variant (`pytest -m slow tests/crash`) 10 x 20 more. The seed is in the test id
 and in every failure message:
 `pytest tests/crash -k seed-3` replays the same choices (thread timing aside). Each test prints its statistics
 (`-s` shows them): how many kills left a checkpoint or a segment half-created, and how many left a torn tail.
@@ -79,6 +80,8 @@ class Variant:
     options: tuple[str, ...] = ()
     window_epochs: int | None = None  # --history-window-epochs, when small enough to prune during the test
     slot_step: int = 8  # how far the block window moves per phase
+    unary_callers: int = 2
+    batch_callers: int = 2
 
     def prunable(self, highest_target: int, highest_slot: int) -> Callable[[Attestation | Block], bool]:
         """Which allowed messages the server may have pruned, given the highest target and slot ever sent."""
@@ -101,6 +104,8 @@ VARIANTS = {
     "pruning-archive": Variant(
         "pruning-archive", ("--history-window-epochs", "1", "--archive-segments"), window_epochs=1, slot_step=120
     ),
+    # One caller at a time: the server writes each allowed record on its event loop instead of the flusher.
+    "lone-caller": Variant("lone-caller", unary_callers=1, batch_callers=0),
 }
 
 
@@ -200,7 +205,13 @@ class KillCampaign:
         self.highest_target = max(self.highest_target, space.first_target + space.target_count - 1)
         self.highest_slot = max(self.highest_slot, space.first_slot + space.slot_count - 1)
         return SigningLoad(
-            self.server.signing, GENESIS_VALIDATORS_ROOT, space, self.ledger, self.seed * 1000 + phase
+            self.server.signing,
+            GENESIS_VALIDATORS_ROOT,
+            space,
+            self.ledger,
+            self.seed * 1000 + phase,
+            unary_threads=self.variant.unary_callers,
+            batch_threads=self.variant.batch_callers,
         )
 
     def kill_under_load(self, phase: int, *, terminate_first: bool) -> None:
@@ -325,7 +336,7 @@ def test_kill9_under_load_loses_no_allowed_answer(tmp_path: Path, seed: int, var
     ("seed", "variant"),
     [
         pytest.param(seed, name, id=f"seed-{seed}-{name}")
-        for seed, name in zip(range(100, 108), [*VARIANTS] * 2, strict=True)
+        for seed, name in zip(range(100, 100 + 2 * len(VARIANTS)), [*VARIANTS] * 2, strict=True)
     ],
 )
 def test_kill9_under_load_loses_no_allowed_answer_long(tmp_path: Path, seed: int, variant: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,64 @@ def test_every_append_callback_fires_once_under_concurrent_appends(tmp_path: Pat
             thread.join()
         log.sync()
     assert next(fired) == threads_count * per_thread
+
+
+# ------------------------------------------------------------------ writing on the appending thread
+
+
+def test_flush_here_makes_pending_records_durable_on_the_calling_thread(tmp_path: Path) -> None:
+    fired: list[str] = []
+    with open_log(tmp_path) as log:
+        log.defer_wakeups_on_this_thread()
+        first = log.append(1, b"a")
+        last = log.append_batch(2, [b"b", b"c"])
+        log.add_durable_callback(last, lambda error: fired.append(threading.current_thread().name))
+        assert log.durable_sequence == first - 1  # deferred: nothing woke the flusher
+        assert log.flush_here()
+        assert log.durable_sequence == last
+        assert fired == [threading.current_thread().name]
+        assert not log.flush_here()  # nothing pending
+    assert sequences_on_disk(tmp_path) == [1, 2, 3]
+
+
+def test_flush_here_leaves_the_records_to_a_flusher_already_writing(tmp_path: Path) -> None:
+    fileops = GatedFileOps()
+    with open_log(tmp_path, fileops=fileops) as log:
+        fileops.gate.clear()
+        log.append(1, b"held in fdatasync")
+        assert fileops.in_fdatasync.wait(5)
+        later = log.append(1, b"queued meanwhile")
+        assert not log.flush_here()  # the flusher holds the write; it takes these next
+        fileops.gate.set()
+        log.wait_durable(later, timeout=10)
+    assert sequences_on_disk(tmp_path) == [1, 2]
+
+
+def test_deferred_appends_reach_disk_on_wake_or_on_a_blocking_wait(tmp_path: Path) -> None:
+    with open_log(tmp_path) as log:
+        log.defer_wakeups_on_this_thread()
+        first = log.append(1, b"a")
+        log.wake()
+        deadline = time.monotonic() + 10
+        while log.durable_sequence < first and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert log.durable_sequence == first
+        second = log.append(1, b"b")
+        log.wait_durable(second, timeout=10)  # wakes the flusher itself rather than waiting forever
+    assert sequences_on_disk(tmp_path) == [1, 2]
+
+
+def test_appends_from_other_threads_still_wake_the_flusher(tmp_path: Path) -> None:
+    with open_log(tmp_path) as log:
+        log.defer_wakeups_on_this_thread()
+        done = threading.Event()
+        sequences: list[int] = []
+
+        def append_elsewhere() -> None:
+            sequences.append(log.append(1, b"from another thread"))
+            log.add_durable_callback(sequences[0], lambda error: done.set())
+
+        thread = threading.Thread(target=append_elsewhere)
+        thread.start()
+        thread.join()
+        assert done.wait(10)

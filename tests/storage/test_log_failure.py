@@ -236,3 +236,22 @@ def test_health_hook_errors_are_contained(tmp_path: Path, caplog: pytest.LogCapt
     wait_until(lambda: log.healthy and log.durable_sequence == sequence)
     log.close()
     assert any("on_health_change hook failed" in message for message in caplog.messages)
+
+
+def test_a_failed_write_on_the_appending_thread_hands_recovery_to_the_flusher(tmp_path: Path) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = DecisionLog.open(
+        tmp_path, fileops=fileops, next_sequence=1, on_health_change=health, retry_interval=0.01
+    )
+    log.defer_wakeups_on_this_thread()
+    errors: list[BaseException | None] = []
+    fileops.fail("fdatasync", errno.EIO, times=1)
+    first = log.append(1, payload_for(1))
+    assert log.flush_here()
+    assert log.durable_sequence == 0
+    log.add_durable_callback(first, errors.append)  # the failure is already known
+    assert len(errors) == 1 and isinstance(errors[0], LogUnavailableError)
+    health.wait_for([False, True])  # the flusher rewrote the record
+    assert log.durable_sequence == first
+    log.close()
+    assert_clean_gapless(tmp_path, {1: payload_for(1)})
