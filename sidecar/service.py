@@ -64,6 +64,9 @@ U64_MAX = 2**64 - 1
 # batches, and a batch this size still answers within a few milliseconds.
 MAX_BATCH_SIZE = 10_000
 EXPORT_CHUNK_BYTES = 256 * 1024
+# A signing call that starts this long after the previous one ended, with none in flight, has no call queued
+# behind it to share an fsync with (see Durability).
+LONE_CALL_GAP_S = 100e-6
 
 
 def _proto_reason(reason: int) -> signing_pb2.Reason:
@@ -231,8 +234,9 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         self._durability = durability
         self._tally = metrics.decision_tally
         self._observe = metrics.decision_seconds.observe
-        # Signing calls being handled now; 1 means this call is alone (see Durability).
+        # Signing calls being handled now, and when the newest one ended: together they tell a lone call.
         self._in_flight = 0
+        self._last_ended = 0.0
 
     def _store_for(self, genesis_validators_root: bytes) -> Store:
         store = self._holder.require()
@@ -243,6 +247,17 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                 f"0x{store.genesis_validators_root.hex()}"
             )
         return store
+
+    def _enter(self, now: float) -> bool:
+        """Counts a signing call in; returns whether it is alone (see Durability): no other call in flight, and
+        none ended just now. Calls queued behind each other start within a loop turn of the previous one's end,
+        while a lone signer's next call comes at least a network round trip later."""
+        self._in_flight += 1
+        return self._in_flight == 1 and now - self._last_ended > LONE_CALL_GAP_S
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        self._last_ended = time.perf_counter()
 
     @staticmethod
     def _check_deadline(context: aio.ServicerContext[Any, Any]) -> None:
@@ -255,7 +270,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         self, request: signing_pb2.CheckAndRecordBlockRequest, context: aio.ServicerContext[Any, Any]
     ) -> signing_pb2.CheckAndRecordBlockResponse:
         started = time.perf_counter()
-        self._in_flight += 1
+        lone = self._enter(started)
         try:
             _check_bytes(request.pubkey, PUBKEY_SIZE, "pubkey")
             _check_bytes(request.signing_root, ROOT_SIZE, "signing_root")
@@ -264,14 +279,14 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
             decision, sequence = store.check_and_record_block(request.pubkey, request.slot, request.signing_root)
             self._tally["block", decision.reason] += 1
             if decision.allowed:
-                await self._durability.wait(store, sequence, lone=self._in_flight == 1)
+                await self._durability.wait(store, sequence, lone=lone)
             else:
                 self._durability.wake_soon(store)
                 _log_refusal("block", request.pubkey, f"slot {request.slot}", decision)
         except Exception as error:  # every failure is "do not sign"
             await _abort(context, error)
         finally:
-            self._in_flight -= 1
+            self._leave()
         response = signing_pb2.CheckAndRecordBlockResponse(decision=_signing_decision(decision, sequence))
         self._observe(time.perf_counter() - started)
         return response
@@ -280,7 +295,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         self, request: signing_pb2.CheckAndRecordAttestationRequest, context: aio.ServicerContext[Any, Any]
     ) -> signing_pb2.CheckAndRecordAttestationResponse:
         started = time.perf_counter()
-        self._in_flight += 1
+        lone = self._enter(started)
         try:
             item = self._attestation(request, "")
             store = self._store_for(request.genesis_validators_root)
@@ -288,7 +303,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
             ((decision, sequence),) = store.check_and_record_attestations([item])
             self._tally["attestation", decision.reason] += 1
             if decision.allowed:
-                await self._durability.wait(store, sequence, lone=self._in_flight == 1)
+                await self._durability.wait(store, sequence, lone=lone)
             else:
                 self._durability.wake_soon(store)
                 _log_refusal(
@@ -297,7 +312,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         except Exception as error:
             await _abort(context, error)
         finally:
-            self._in_flight -= 1
+            self._leave()
         response = signing_pb2.CheckAndRecordAttestationResponse(decision=_signing_decision(decision, sequence))
         self._observe(time.perf_counter() - started)
         return response
@@ -316,7 +331,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         self, request: signing_pb2.CheckAndRecordAttestationsRequest, context: aio.ServicerContext[Any, Any]
     ) -> signing_pb2.CheckAndRecordAttestationsResponse:
         started = time.perf_counter()
-        self._in_flight += 1
+        lone = self._enter(started)
         try:
             items = request.attestations
             count = len(items)
@@ -343,11 +358,11 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                 raise InvalidRequestError("a batch may not name one pubkey twice")
             self._check_deadline(context)
             decided = store.check_and_record_attestations(batch)
-            await self._durability.wait(store, decided[-1][1], lone=self._in_flight == 1)
+            await self._durability.wait(store, decided[-1][1], lone=lone)
         except Exception as error:
             await _abort(context, error)
         finally:
-            self._in_flight -= 1
+            self._leave()
         response = signing_pb2.CheckAndRecordAttestationsResponse()
         self._answer(response, batch, decided)
         self._observe(time.perf_counter() - started)
