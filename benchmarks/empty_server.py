@@ -30,6 +30,12 @@ from slashing_protection.v1 import (
 _ALLOWED = signing_pb2.VERDICT_ALLOWED
 _NEW = signing_pb2.REASON_ALLOWED_NEW
 
+SERVICE_NAMES = (
+    signing_pb2.DESCRIPTOR.services_by_name["SlashingProtectionService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    interchange_pb2.DESCRIPTOR.services_by_name["InterchangeService"].full_name,
+)
+
 
 class EmptySigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):  # type: ignore[misc,unused-ignore]
     """Allows everything. The sequence numbers count decisions, as a real log's would."""
@@ -80,11 +86,7 @@ def register(server: grpc.aio.Server) -> list[str]:
     signing_pb2_grpc.add_SlashingProtectionServiceServicer_to_server(EmptySigningServicer(), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(EmptyAdminServicer(), server)
     interchange_pb2_grpc.add_InterchangeServiceServicer_to_server(EmptyInterchangeServicer(), server)
-    return [
-        signing_pb2.DESCRIPTOR.services_by_name["SlashingProtectionService"].full_name,
-        admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-        interchange_pb2.DESCRIPTOR.services_by_name["InterchangeService"].full_name,
-    ]
+    return list(SERVICE_NAMES)
 
 
 def main(argv: list[str] | None = None) -> int:

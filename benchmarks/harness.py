@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import __version__ as protobuf_version
 
 from benchmarks.common import REPO_ROOT, ServerStartError
-from benchmarks.report import DISK, EMPTY, JSON_FLOOR, PEER, Cell, Results
+from benchmarks.report import DISK, DURABLE_EMPTY, EMPTY, JSON_FLOOR, PEER, Cell, Results
 from benchmarks.scenarios import (
     FULL,
     QUICK,
@@ -46,21 +46,23 @@ from benchmarks.targets import Target, make_targets
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "latest.md"
 DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "results" / "tmp"
-ALL_TARGETS = ("empty", "sqlite-peer", "sidecar")
+ALL_TARGETS = ("empty", "durable-empty", "sqlite-peer", "sidecar")
 
 HOT_PATH_FIGURES = [
     "unary.calls_per_s", "unary.p50", "unary.p99", "batch.decisions_per_s", "batch.p99", "single.p50",
     "single.p99", "burst.wall_s", "history.depth10", "history.depth1000", "history.ratio",
 ]  # fmt: skip
+HISTORY_FIGURES = ["history.depth10", "history.depth1000", "history.ratio"]
 RESTART_FIGURES = ["restart.crash_s", "restart.clean_s"]
 INTERCHANGE_FIGURES = ["import.s", "export.s"]
-BASELINE_SYSTEMS = (EMPTY, PEER, DISK, JSON_FLOOR)
+BASELINE_SYSTEMS = (EMPTY, DURABLE_EMPTY, PEER, DISK, JSON_FLOOR)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmarks the sidecar against the empty server, the SQLite peer design and the disk floor.",
+        description="Benchmarks the sidecar against the empty server (plain and durable), the SQLite peer design "
+        "and the disk floor.",
     )
     parser.add_argument("--quick", action="store_true", help="about one minute instead of about four")
     parser.add_argument(
@@ -156,6 +158,8 @@ async def _run_target(
     system = target.system
     print(f"\n== {system} (at {time.monotonic() - started:.0f} s)", flush=True)
     figures = list(HOT_PATH_FIGURES) + RESTART_FIGURES
+    if target.hot_path_only:
+        figures = [key for key in figures if key not in HISTORY_FIGURES + RESTART_FIGURES]
     if target.import_argv(Path("f"), Path("d")) is not None:
         figures += INTERCHANGE_FIGURES
     reason = target.unavailable_reason()
@@ -203,6 +207,8 @@ async def _run_target(
                 measure_in_process_peer, results, work / target.name / "in-process", settings
             ),
         )
+    if target.hot_path_only:
+        return plan
     await attempt(results, RESTART_FIGURES, system, lambda: measure_restart(results, target, work, settings))
     if target.import_argv(Path("f"), Path("d")) is not None:
         await attempt(

@@ -5,6 +5,10 @@ the disk, JSON). Every row of the report puts it next to a baseline measured in 
 (``value ÷ baseline``: above 1 means more calls/s, or a longer time), and, for the sidecar, next to the SQLite
 peer. Where the project's issue sets a target, the verdict column says whether this system meets it; for the
 peer the verdict is informative (the targets are the sidecar's).
+
+The durable empty server (the empty server plus a group-committed fdatasync per decision) is measured on the hot
+path only; its verdicts are informative too, and the sidecar's hot-path rows are also put next to it: what the
+sidecar's own logic costs on top of durability.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ PEER = "SQLite peer"
 SIDECAR = "sidecar"
 DISK = "disk floor"
 JSON_FLOOR = "JSON floor"
-SYSTEMS = (DISK, JSON_FLOOR, EMPTY, PEER, SIDECAR)  # the order of rows: floors, then baselines first
+DURABLE_EMPTY = "durable empty server"  # the empty server plus group-committed fdatasyncs: durability's own cost
+# The order of rows: floors, then baselines first.
+SYSTEMS = (DISK, JSON_FLOOR, EMPTY, DURABLE_EMPTY, PEER, SIDECAR)
+JUDGED = (DURABLE_EMPTY, PEER, SIDECAR)  # systems with a verdict: the sidecar's; the baselines' for information
 
 SINGLE_CALLER_ALLOWANCE_S = 150e-6
 
@@ -365,6 +372,7 @@ class Row:
     ratio: float | None
     vs_peer: float | None
     verdict: Verdict | None
+    vs_durable_empty: float | None = None
 
 
 @dataclass
@@ -391,6 +399,8 @@ class Results:
             parts.append(f"{ratio} {row.baseline.label} ({self.format_baseline(row)})")
         if row.vs_peer is not None:
             parts.append(f"{format_ratio(row.vs_peer, lower_bound=row.cell.lower_bound)} SQLite peer")
+        if row.vs_durable_empty is not None:
+            parts.append(f"{format_ratio(row.vs_durable_empty, lower_bound=row.cell.lower_bound)} {DURABLE_EMPTY}")
         if row.verdict is not None:
             parts.append(f"target {row.verdict.target}: {row.verdict.outcome}")
         if cell.note:
@@ -424,11 +434,21 @@ class Results:
             assert cell.value is not None
             vs_peer = cell.value / peer
         verdict = None
-        if figure.target is not None and system in (PEER, SIDECAR) and cell.status != "not available":
+        if figure.target is not None and system in JUDGED and cell.status != "not available":
             verdict = figure.target(self, key, system, cell) if cell.usable else Verdict("", "n/a")
             if verdict is not None and cell.status == "invalid":
                 verdict = Verdict(verdict.target, "invalid")
-        return Row(figure, system, cell, baseline, ratio, vs_peer, verdict)
+        return Row(figure, system, cell, baseline, ratio, vs_peer, verdict, self._vs_durable_empty(key, system))
+
+    def _vs_durable_empty(self, key: str, system: str) -> float | None:
+        """The sidecar's figure ÷ the durable empty server's: what the sidecar's own logic costs on top of making
+        each decision durable (the hot-path figures only; the targets stay defined against the empty server)."""
+        cell = self.cells[(key, system)]
+        durable = self.value(key, DURABLE_EMPTY)
+        if system != SIDECAR or FIGURES[key].hidden or not cell.usable or not durable:
+            return None
+        assert cell.value is not None
+        return cell.value / durable
 
     @staticmethod
     def format_baseline(row: Row) -> str:
@@ -453,11 +473,13 @@ class Results:
         lines += [
             "",
             "Ratios are value ÷ baseline, both measured in this run on this machine: above 1 means more per "
-            "second, or more time. Verdicts on SQLite-peer rows are informative (the targets are the sidecar's).",
+            "second, or more time. Verdicts on SQLite-peer and durable-empty-server rows are informative (the "
+            "targets are the sidecar's). x durable empty: the sidecar ÷ the empty server made durable (group "
+            "commit, one fdatasync per group), i.e. what the sidecar's own logic costs on top of durability.",
             "",
             "| Figure | Metric | System | Value | Baseline | Baseline value | x baseline | x SQLite peer "
-            "| Target | Verdict |",
-            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- |",
+            "| x durable empty | Target | Verdict |",
+            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |",
         ]
         for row in self.rows():
             baseline_label = row.baseline.label if row.baseline is not None else "—"
@@ -471,6 +493,7 @@ class Results:
                 f"| {row.figure.title} | {row.figure.metric} | {row.system} | {format_cell(row.figure, row.cell)} "
                 f"| {baseline_label} | {baseline_value} | {format_ratio(row.ratio, lower_bound=bound)} "
                 f"| {format_ratio(row.vs_peer, lower_bound=bound)} "
+                f"| {format_ratio(row.vs_durable_empty, lower_bound=bound)} "
                 f"| {target} | {outcome} |"
             )
         if self.cpu:

@@ -386,6 +386,8 @@ async def measure_hot_path(run: TargetRun) -> None:
         (["burst.wall_s"], _burst),
         (["history.depth10", "history.depth1000", "history.ratio"], measure_history),
     ]
+    if run.target.hot_path_only:
+        steps = [(keys, step) for keys, step in steps if step is not measure_history]
     for figure_keys, step in steps:
         if not run.server.alive():
             reason = f"the server exited: {run.server.last_words()}"

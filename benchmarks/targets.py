@@ -1,6 +1,8 @@
 """The systems under test, behind one interface: how to start each, pre-fill its history, import and export.
 
 - ``empty``: :mod:`benchmarks.empty_server`, the transport ceiling;
+- ``durable-empty``: :mod:`benchmarks.durable_empty_server`, the same plus a durable record per decision: what
+  durability itself costs (hot path only);
 - ``sqlite-peer``: :mod:`benchmarks.sqlite_peer`, the peers' design;
 - ``sidecar``: ``python -m sidecar``, the system under test, driven only through its public contract
   (``/work/shared/CONTRACT.md``). It is "not available" (and the harness carries on) when ``import
@@ -27,7 +29,7 @@ from benchmarks.common import (
     subprocess_env,
 )
 from benchmarks.interchange_docs import HistorySet, history_document
-from benchmarks.report import EMPTY, PEER, SIDECAR
+from benchmarks.report import DURABLE_EMPTY, EMPTY, PEER, SIDECAR
 from slashing_protection.v1 import interchange_pb2, interchange_pb2_grpc
 
 LISTEN = "127.0.0.1:0"  # benchmark traffic never leaves the loopback interface
@@ -51,6 +53,7 @@ class Target:
     system = ""
     is_baseline = True
     seeds_offline = False  # history can be written into its data directory directly (no gRPC)
+    hot_path_only = False  # no history, restart or interchange figures: they would repeat the empty server's
 
     def unavailable_reason(self) -> str | None:
         """Why this system cannot be measured in this checkout, or None."""
@@ -88,6 +91,17 @@ class EmptyTarget(Target):
 
     def serve_argv(self, data_dir: Path, *, restart_scenario: bool) -> list[str]:
         return python_module_argv("benchmarks.empty_server", "--listen", LISTEN)
+
+
+class DurableEmptyTarget(Target):
+    name = "durable-empty"
+    system = DURABLE_EMPTY
+    hot_path_only = True
+
+    def serve_argv(self, data_dir: Path, *, restart_scenario: bool) -> list[str]:
+        return python_module_argv(
+            "benchmarks.durable_empty_server", "--data-dir", str(data_dir), "--listen", LISTEN
+        )
 
 
 class SqlitePeerTarget(Target):
@@ -181,6 +195,7 @@ class SidecarTarget(Target):
 def make_targets(names: Sequence[str], *, sidecar_args: Sequence[str] = ()) -> list[Target]:
     known: dict[str, Target] = {
         "empty": EmptyTarget(),
+        "durable-empty": DurableEmptyTarget(),
         "sqlite-peer": SqlitePeerTarget(),
         "sidecar": SidecarTarget(sidecar_args),
     }
