@@ -67,6 +67,7 @@ EXPORT_CHUNK_BYTES = 256 * 1024
 # A signing call that starts this long after the previous one ended, with none in flight, has no call queued
 # behind it to share an fsync with (see Durability).
 LONE_CALL_GAP_S = 100e-6
+LONE_CALL_STREAK = 16
 
 
 def _proto_reason(reason: int) -> signing_pb2.Reason:
@@ -237,6 +238,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         # Signing calls being handled now, and when the newest one ended: together they tell a lone call.
         self._in_flight = 0
         self._last_ended = 0.0
+        self._solo_streak = 0
 
     def _store_for(self, genesis_validators_root: bytes) -> Store:
         store = self._holder.require()
@@ -249,11 +251,16 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         return store
 
     def _enter(self, now: float) -> bool:
-        """Counts a signing call in; returns whether it is alone (see Durability): no other call in flight, and
-        none ended just now. Calls queued behind each other start within a loop turn of the previous one's end,
-        while a lone signer's next call comes at least a network round trip later."""
+        """Counts a signing call in; returns whether it is alone (see Durability): no other call in flight, none
+        ended just now, and the same for the previous LONE_CALL_STREAK calls. Calls queued behind each other
+        start within a loop turn of the previous one's end, while a lone signer's next call comes at least a
+        network round trip later; the streak keeps one quiet moment in a busy stream from blocking the loop."""
         self._in_flight += 1
-        return self._in_flight == 1 and now - self._last_ended > LONE_CALL_GAP_S
+        if self._in_flight > 1 or now - self._last_ended <= LONE_CALL_GAP_S:
+            self._solo_streak = 0
+            return False
+        self._solo_streak += 1
+        return self._solo_streak > LONE_CALL_STREAK
 
     def _leave(self) -> None:
         self._in_flight -= 1
