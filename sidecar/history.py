@@ -236,21 +236,31 @@ class ValidatorHistory:
         n = len(targets)
         if len(sources) != n or len(root_known) != n or len(roots) != n * ROOT_SIZE:
             raise ValueError("attestation arrays of different lengths")
-        # Checked at C speed (a checkpoint holds millions of entries): targets never decrease, and where two
-        # entries share a target (imported slashable data only) their sources do not decrease either.
-        if not all(map(le, targets, islice(targets, 1, None))):
-            raise ValueError("attestations out of order")
-        if any(map(eq, targets, islice(targets, 1, None))):
-            for i in range(1, n):
-                if targets[i - 1] == targets[i] and sources[i - 1] > sources[i]:
-                    raise ValueError(f"attestations out of order at index {i}")
+        # Checked at C speed (a checkpoint holds millions of entries); sorting a sorted list is one pass.
+        target_list = targets.tolist()
+        source_list = sources.tolist()
+        if target_list == sorted(target_list) and source_list == sorted(source_list):
+            # Sources that never decrease (every history the rules built) are their own prefix maxima and
+            # suffix minima.
+            prefix = sources[:]
+            suffix = sources[:]
+        else:
+            # Targets never decrease, and where two entries share a target (imported slashable data only)
+            # their sources do not decrease either.
+            if not all(map(le, targets, islice(targets, 1, None))):
+                raise ValueError("attestations out of order")
+            if any(map(eq, targets, islice(targets, 1, None))):
+                for i in range(1, n):
+                    if targets[i - 1] == targets[i] and sources[i - 1] > sources[i]:
+                        raise ValueError(f"attestations out of order at index {i}")
+            prefix = array("Q", accumulate(sources, max))
+            suffix = array("Q", accumulate(reversed(sources), min))
+            suffix.reverse()
         self.targets = targets
         self.sources = sources
         self._roots = roots
         self._root_known = root_known
-        self._prefix_max_source = array("Q", accumulate(sources, max))
-        suffix = array("Q", accumulate(reversed(sources), min))
-        suffix.reverse()
+        self._prefix_max_source = prefix
         self._suffix_min_source = suffix
 
     def add_block(self, slot: int, signing_root: bytes | None) -> MergeOutcome:
@@ -318,21 +328,30 @@ class ValidatorHistory:
             return MergeOutcome.CONFLICT
         return MergeOutcome.ADDED
 
-    def record_allowed_attestation(self, source_epoch: int, target_epoch: int, signing_root: bytes) -> None:
-        """Records an attestation the rules allowed as new (the signing hot path and its replay).
+    def add_attestation_if_newest(self, source_epoch: int, target_epoch: int, signing_root: bytes) -> bool:
+        """`add_attestation` for the one kind of vote an honest history grows by, in O(1); False, changing
+        nothing, for any other (the caller then uses `add_attestation`).
 
-        The usual vote has a target above every recorded one and then only needs appending; anything else takes
-        `add_attestation`'s general path. Same result either way: allowed means no conflict and not below the
-        floors, which is exactly when `add_attestation` appends with its root.
+        That kind: a known root, a target above every recorded target and above the target floor, a source at
+        or above every recorded source and the source floor and not above its target. `add_attestation` appends
+        such a vote (ADDED) and leaves every earlier index entry as it was: the suffix minimum before it is at
+        most the previous last source, which is at most this source. Replay of the log is nearly all this case.
         """
         targets = self.targets
-        if targets and target_epoch <= targets[-1]:
-            self.add_attestation(source_epoch, target_epoch, signing_root)
-            return
-        if source_epoch < self.source_epoch_floor or target_epoch <= self.target_epoch_floor:
-            self.add_attestation(source_epoch, target_epoch, signing_root)  # cannot happen to an allowed vote
-            return
-        self._append_attestation(source_epoch, target_epoch, signing_root)
+        prefix = self._prefix_max_source
+        if targets and (target_epoch <= targets[-1] or source_epoch < prefix[-1]):
+            return False
+        if source_epoch > target_epoch or source_epoch < self.source_epoch_floor:
+            return False
+        if target_epoch <= self.target_epoch_floor:
+            return False
+        targets.append(target_epoch)
+        self.sources.append(source_epoch)
+        prefix.append(source_epoch)
+        self._suffix_min_source.append(source_epoch)
+        self._roots += signing_root
+        self._root_known.append(1)
+        return True
 
     def _bound_outcome(self, source_epoch: int, target_epoch: int, previous_count: int) -> MergeOutcome:
         # An appended vote (target above all others) is slashable only by surrounding an earlier one.

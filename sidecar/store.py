@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -62,7 +63,6 @@ from sidecar.storage import (
     FileOps,
     LoadedCheckpoint,
     LogCorruptionError,
-    LogRecord,
     load_newest_valid_checkpoint,
     prune_checkpoints,
     repair_torn_tail,
@@ -85,6 +85,9 @@ log = logging.getLogger("sidecar.store")
 
 IDENTITY_FILE = "IDENTITY.json"
 _REASON_NUMBERS = frozenset(int(reason) for reason in Reason)
+# Module constants rather than enum attributes: _apply_attestation runs once per replayed record.
+_ALLOWED_NEW = int(Reason.ALLOWED_NEW)
+_ALLOWED_REPEAT = int(Reason.ALLOWED_REPEAT)
 IDENTITY_FORMAT = 1
 PUBKEY_SIZE = 48
 ROOT_SIZE = 32
@@ -283,7 +286,7 @@ class Store:
         loaded, problems = self._load_checkpoint()
         covered = loaded.sequence if loaded is not None else 0
         scan = scan_log(log_dir, fileops, after_sequence=covered)
-        replayed = self._replay(scan.records())
+        replayed = self._replay(scan.batches())
         repaired = False
         if scan.torn_tail is not None:
             repair_torn_tail(scan.torn_tail, fileops)
@@ -329,8 +332,9 @@ class Store:
             self._replayed_through = loaded.sequence
         return loaded, problems
 
-    def _replay(self, records: Iterable[LogRecord]) -> int:
-        """Applies log records in order; returns how many were read. `_replayed_through` follows progress, so a
+    def _replay(self, batches: Iterable[list[tuple[int, int, bytes]]]) -> int:
+        """Applies log records in order, given in batches of `(sequence, record_type, payload)` as
+        `LogScan.batches` yields them; returns how many were read. `_replayed_through` follows progress, so a
         caller that stops at damage knows the last record read before it."""
         replayed = 0
         pending_import: list[tuple[int, codec.ImportValidatorRecord]] = []
@@ -338,27 +342,30 @@ class Store:
         # no record objects, applied by the same function as live decisions.
         attestation_type = codec.ATTESTATION_DECISION
         unpack = codec.unpack_attestation_decision
+        reasons = _REASON_NUMBERS
+        apply = _apply_attestation
         get = self._validators.get
         window = self._window
         next_report = time.monotonic() + RECOVERY_PROGRESS_SECONDS
-        for sequence, record_type, payload in records:
+        for sequence, record_type, payload in chain.from_iterable(batches):
             replayed += 1
             if not replayed % 65536 and time.monotonic() >= next_report:
                 log.info("recovering: %d log records replayed so far (sequence %d)", replayed, sequence)
                 next_report = time.monotonic() + RECOVERY_PROGRESS_SECONDS
             if record_type == attestation_type:
-                pending_import = []
+                if pending_import:
+                    pending_import = []
                 try:
                     pubkey, source, target, root, reason, _, _ = unpack(payload)
                 except struct.error:
                     raise DataDirError(
                         f"log record {sequence} does not decode: attestation payload size"
                     ) from None
-                if reason not in _REASON_NUMBERS:
+                if reason not in reasons:
                     raise DataDirError(f"log record {sequence} has unknown reason {reason}")
                 history = get(pubkey)
                 if history is not None and sequence > history.applied_sequence:
-                    _apply_attestation(history, sequence, source, target, root, reason, payload, window)
+                    apply(history, sequence, source, target, root, reason, payload, window)
                 self._replayed_through = sequence
                 continue
             try:
@@ -421,7 +428,7 @@ class Store:
             replayed = 0
             try:
                 scan = scan_log(log_dir, fileops, after_sequence=covered)
-                replayed = store._replay(scan.records())
+                replayed = store._replay(scan.batches())
                 if scan.torn_tail is not None:
                     tail = scan.torn_tail
                     report.append(f"torn tail in {tail.path} at byte {tail.offset}: {tail.detail}")
@@ -875,12 +882,13 @@ def _apply_attestation(
     history.applied_sequence = sequence
     history.last_decision_sequence = sequence
     history.last_decision = payload
-    if reason == Reason.ALLOWED_NEW:
+    if reason == _ALLOWED_NEW:
         history.allowed_count += 1
-        history.record_allowed_attestation(source_epoch, target_epoch, signing_root)
+        if not history.add_attestation_if_newest(source_epoch, target_epoch, signing_root):
+            history.add_attestation(source_epoch, target_epoch, signing_root)
         if window is not None:
             history.prune_attestations(window)
-    elif reason == Reason.ALLOWED_REPEAT:
+    elif reason == _ALLOWED_REPEAT:
         history.allowed_count += 1
     else:
         history.refused_count += 1

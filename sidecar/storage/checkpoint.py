@@ -295,8 +295,11 @@ def _read_open(path: Path, fileops: FileOps, fd: int, *, keep_body: bool) -> Loa
     body_parts: list[bytes] = []
     offset = _HEADER.size
     body_end = _HEADER.size + body_length
+    # A body that is kept is held whole anyway: read it in one piece, so that it is not held twice while the
+    # pieces are joined (a single piece is joined without a copy). Verification alone streams in chunks.
+    read_size = body_length if keep_body else _READ_CHUNK_BYTES
     while offset < body_end:
-        chunk = fileops.pread(fd, min(_READ_CHUNK_BYTES, body_end - offset), offset)
+        chunk = fileops.pread(fd, min(read_size, body_end - offset), offset)
         if not chunk:
             raise CheckpointError(f"{path}: ended at byte {offset} while reading the body")
         crc = crc32c.crc32c(chunk, crc)

@@ -90,6 +90,7 @@ _TYPE_AND_SEQUENCE = struct.Struct("<BQ")
 _LENGTH_AND_CRC = struct.Struct("<II")  # the record header's first two fields; _TYPE_AND_SEQUENCE completes it
 RECORD_HEADER_SIZE = _RECORD_HEADER.size
 _CRC_COVERAGE_START = 8  # the CRC covers the record from its type byte onward
+_PAYLOAD_IN_COVERAGE = RECORD_HEADER_SIZE - _CRC_COVERAGE_START
 _MAX_SEQUENCE = 2**64 - 1
 
 _NONZERO = re.compile(rb"[^\x00]")
@@ -272,31 +273,40 @@ def decode_record(data: Buffer, offset: int, *, final: bool = True, base_offset:
 
 
 def decode_intact_records(
-    data: Buffer, offset: int, max_records: int = 512
-) -> tuple[list[tuple[int, int, bytes, int]], int]:
-    """Decode the run of complete, CRC-valid records starting at ``offset``: the fast path of reading.
+    data: bytes, offset: int, expected_sequence: int, *, after_sequence: int = 0
+) -> tuple[list[tuple[int, int, bytes]], int, int]:
+    """Decode the run of complete, CRC-valid, consecutively numbered records from ``offset``: the fast path of
+    reading. Every record's CRC is checked, whether it is returned or not.
 
-    Returns ``(records, stop)``: each record as ``(sequence, record_type, payload, offset)``, and the offset
-    where the run stopped. It stops after ``max_records``, or at the first frame that is not a complete valid
-    record, without saying why; the caller classifies what is at ``stop`` with :func:`decode_record`.
-    Sequence continuity is not checked here.
+    Returns ``(records, stop, next_sequence)``: the records with a sequence above ``after_sequence``, each as
+    ``(sequence, record_type, payload)``; the offset where the run stopped; and the sequence the record at
+    ``stop`` should carry (``expected_sequence`` plus the records in the run). The run stops at the end of
+    ``data`` or at the first frame that is not a complete valid record numbered ``next_sequence``, without
+    saying why: the caller classifies what is at ``stop`` with :func:`decode_record` (a ``RECORD`` there is
+    a sequence problem). ``data`` is ``bytes`` so that payloads are plain slices of it.
     """
     unpack = _RECORD_HEADER.unpack_from
     checksum = crc32c.crc32c
     end = len(data)
-    records: list[tuple[int, int, bytes, int]] = []
+    last_header = end - RECORD_HEADER_SIZE
+    payload_start = _PAYLOAD_IN_COVERAGE
+    records: list[tuple[int, int, bytes]] = []
     append = records.append
-    with memoryview(data) as view:
-        while end - offset >= RECORD_HEADER_SIZE and len(records) < max_records:
-            length, stored_crc, record_type, sequence = unpack(data, offset)
-            frame_end = offset + RECORD_HEADER_SIZE + length
-            if record_type == 0 or length > MAX_PAYLOAD_SIZE or frame_end > end:
-                break
-            if checksum(view[offset + _CRC_COVERAGE_START : frame_end]) != stored_crc:
-                break
-            append((sequence, record_type, bytes(view[offset + RECORD_HEADER_SIZE : frame_end]), offset))
-            offset = frame_end
-    return records, offset
+    while offset <= last_header:
+        length, stored_crc, record_type, sequence = unpack(data, offset)
+        frame_end = offset + RECORD_HEADER_SIZE + length
+        if frame_end > end or sequence != expected_sequence or record_type == 0 or length > MAX_PAYLOAD_SIZE:
+            break
+        # One copy for the CRC's range (type, sequence, payload) and one for the payload: cheaper than slicing
+        # a memoryview for each.
+        covered = data[offset + _CRC_COVERAGE_START : frame_end]
+        if checksum(covered) != stored_crc:
+            break
+        if sequence > after_sequence:
+            append((sequence, record_type, covered[payload_start:]))
+        expected_sequence += 1
+        offset = frame_end
+    return records, offset, expected_sequence
 
 
 def _has_zero_sector_piece(view: memoryview, start: int, end: int, base_offset: int) -> bool:

@@ -84,6 +84,7 @@ logger = logging.getLogger("sidecar.storage")
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 _READ_CHUNK_BYTES = 1024 * 1024
+_YIELD_NONE = 2**64  # above every sequence: read and check every record, hand out none
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
 _TEMPORARY_SUFFIX = ".tmp"
 _BROKEN_SUFFIX = ".broken"
@@ -182,51 +183,52 @@ class _SegmentReader:
 
     def records(self, after_sequence: int = 0) -> Iterator[LogRecord]:
         """The segment's records with ``sequence > after_sequence`` (all are checked, whatever they are)."""
+        return _flatten(self.batches(after_sequence))
+
+    def batches(self, after_sequence: int = 0) -> Iterator[list[tuple[int, int, bytes]]]:
+        """The records of :meth:`records` as ``(sequence, record_type, payload)`` tuples, a read chunk's worth
+        at a time: the form replay consumes, with no per-record object beyond the tuple. No batch is empty."""
         segment = self.segment
         fileops = self._fileops
         path = segment.path
         expected = segment.first_sequence
-        new_record = tuple.__new__  # LogRecord(...) without the keyword-handling constructor: the hot path
         fd = fileops.open_read(path)
         try:
-            buffer = bytearray()
+            buffer = b""
             buffer_start = SEGMENT_HEADER_SIZE  # file offset of buffer[0]
             position = 0
             read_offset = SEGMENT_HEADER_SIZE
             at_end = False
             while True:
-                intact, stop = decode_intact_records(buffer, position)
+                intact, position, expected = decode_intact_records(
+                    buffer, position, expected, after_sequence=after_sequence
+                )
+                self.record_count = expected - segment.first_sequence
+                self.last_sequence = expected - 1 if self.record_count else None
                 if intact:
-                    for sequence, record_type, payload, offset in intact:
-                        if sequence != expected:
-                            raise LogCorruptionError(
-                                path, buffer_start + offset, self._sequence_problem(sequence, expected)
-                            )
-                        expected += 1
-                        if sequence > after_sequence:
-                            yield new_record(LogRecord, (sequence, record_type, payload))
-                    self.record_count = expected - segment.first_sequence
-                    self.last_sequence = expected - 1
-                    position = stop
-                    continue  # the run may have stopped only because the batch was full
+                    yield intact
+                    del intact
                 decoded = decode_record(buffer, position, final=at_end, base_offset=buffer_start)
                 outcome = decoded.outcome
                 if outcome is Outcome.RECORD:
-                    raise AssertionError(
-                        f"{path}: the fast path refused the intact record at {buffer_start + position}"
+                    # Intact, but the run stopped there: it does not carry the expected sequence.
+                    raise LogCorruptionError(
+                        path, buffer_start + position, self._sequence_problem(decoded.sequence, expected)
                     )
                 if outcome is Outcome.NEED_MORE:
-                    chunk = fileops.pread(fd, self._chunk_bytes, read_offset)
+                    # A record longer than a chunk doubles the read each time, so reading it stays linear.
+                    remainder = buffer[position:]
+                    chunk = fileops.pread(fd, max(self._chunk_bytes, len(remainder)), read_offset)
                     if not chunk:
                         at_end = True
                         self.file_size = read_offset
                         continue
                     read_offset += len(chunk)
-                    # Drop consumed bytes; CPython trims a bytearray's front without copying the rest.
-                    del buffer[:position]
                     buffer_start += position
                     position = 0
-                    buffer += chunk
+                    buffer = b""  # released before the next one is built: two chunks in memory, not three
+                    buffer = remainder + chunk
+                    del remainder, chunk
                     continue
                 self.outcome = outcome
                 self.end_offset = buffer_start + position
@@ -247,7 +249,7 @@ class _SegmentReader:
         return f"sequence gap: expected {expected}, found {found} ({missing} missing)"
 
     def _refuse_torn_if_intact_record_follows(
-        self, buffer: bytearray, position: int, buffer_start: int, expected: int
+        self, buffer: bytes, position: int, buffer_start: int, expected: int
     ) -> None:
         # ``buffer`` holds every byte from ``position`` to the end of the file here: TORN is only reported
         # once the reader has reached the end.
@@ -266,8 +268,8 @@ class _SegmentReader:
 class LogScan:
     """The streaming result of :func:`scan_log` or :func:`read_records`.
 
-    Iterate it (or :meth:`records`) exactly once: it yields :class:`LogRecord` values with
-    ``sequence > after_sequence`` in order,
+    Iterate it (or :meth:`records`, or :meth:`batches`) exactly once: it yields :class:`LogRecord` values with
+    ``sequence > after_sequence`` in order (or lists of them as plain tuples),
     reading segments in chunks (memory stays bounded by the largest record plus one read chunk). Damage that is
     not a repairable torn tail raises :class:`LogCorruptionError` from the iteration, naming file and offset.
     Once the iteration has finished, ``torn_tail``, ``last_sequence``, ``next_sequence`` and ``record_count``
@@ -290,6 +292,7 @@ class LogScan:
         self._require_continuity = require_continuity
         self._started = False
         self._generator: Iterator[LogRecord] | None = None
+        self._batch_generator: Iterator[list[tuple[int, int, bytes]]] | None = None
         self._finished = False
         self._torn_tail: TornTail | None = None
         self._has_records = False
@@ -300,18 +303,28 @@ class LogScan:
         return self.records()
 
     def records(self) -> Iterator[LogRecord]:
-        """The records after ``after_sequence``, in sequence order. Callable once."""
+        """The records after ``after_sequence``, in sequence order. Callable once (this or :meth:`batches`)."""
+        batches = self._start(self.after_sequence)
+        self._generator = _flatten(batches)
+        return self._generator
+
+    def batches(self) -> Iterator[list[tuple[int, int, bytes]]]:
+        """The same records as :meth:`records`, as lists of ``(sequence, record_type, payload)`` tuples (about
+        one read chunk each, never empty): replay's form of the scan. Callable once (this or :meth:`records`)."""
+        return self._start(self.after_sequence)
+
+    def _start(self, yield_after: int) -> Iterator[list[tuple[int, int, bytes]]]:
         if self._started:
             raise RuntimeError("a LogScan can be iterated only once")
         self._started = True
-        self._generator = self._records()
-        return self._generator
+        self._batch_generator = self._batches(yield_after)
+        return self._batch_generator
 
     def close(self) -> None:
         """Abandon an unfinished iteration now, closing the segment file it holds open."""
-        generator = self._generator
-        if generator is not None and hasattr(generator, "close"):
-            generator.close()
+        for generator in (self._generator, self._batch_generator):
+            if generator is not None and hasattr(generator, "close"):
+                generator.close()
 
     def __enter__(self) -> LogScan:
         return self
@@ -320,8 +333,10 @@ class LogScan:
         self.close()
 
     def consume(self) -> LogScan:
-        """Read to the end, discarding the records (to validate, or when the caller needs only the outcome)."""
-        for _ in self:
+        """Read to the end, discarding the records (to validate, or when the caller needs only the outcome).
+
+        Every record is still read and checked; none is handed out, so no payload is copied."""
+        for _ in self._start(_YIELD_NONE):
             pass
         return self
 
@@ -357,7 +372,7 @@ class LogScan:
         if not self._finished:
             raise RuntimeError("the log scan has not been read to the end")
 
-    def _records(self) -> Iterator[LogRecord]:
+    def _batches(self, yield_after: int) -> Iterator[list[tuple[int, int, bytes]]]:
         after = self.after_sequence
         expected: int | None = None
         last_index = len(self.segments) - 1
@@ -371,7 +386,7 @@ class LogScan:
                     f"at {segment.first_sequence}",
                 )
             reader = _SegmentReader(self._fileops, segment)
-            yield from reader.records(after)
+            yield from reader.batches(yield_after)
             self._record_count += reader.record_count
             self._has_records = self._has_records or reader.record_count > 0
             if reader.outcome is Outcome.TORN:
@@ -398,6 +413,14 @@ class LogScan:
                 f"records {log_last + 1}..{after} were durable when it was written and are missing",
             )
         self._finished = True
+
+
+def _flatten(batches: Iterator[list[tuple[int, int, bytes]]]) -> Iterator[LogRecord]:
+    new_record = tuple.__new__  # LogRecord(...) without the keyword-handling constructor
+    for batch in batches:
+        for record in batch:
+            yield new_record(LogRecord, record)
+        del batch  # not held while the next batch is read: memory stays bounded by about one chunk
 
 
 def scan_log(directory: Path, fileops: FileOps, after_sequence: int = 0) -> LogScan:

@@ -119,30 +119,6 @@ def assert_indexes_exact(history: ValidatorHistory) -> None:
     assert list(history._suffix_min_source) == list(accumulate(reversed(sources), min))[::-1]
 
 
-@PROPERTY_SETTINGS
-@given(candidate_sequences(), floors(max_slot=200, max_epoch=20))
-def test_recording_an_allowed_vote_equals_the_general_add(
-    steps: Sequence[tuple[str, int, int, bytes]], start_floors: Floors
-) -> None:
-    """The hot path's `record_allowed_attestation` leaves exactly what `add_attestation` would."""
-    fast, general = ValidatorHistory(), ValidatorHistory()
-    for history in (fast, general):
-        history.raise_floors(start_floors.slot, start_floors.source, start_floors.target)
-    last_slot = last_target = 0
-    for step in steps:
-        if step[0] == "block":
-            continue
-        source, target = decode(step, last_slot, last_target)
-        last_target = target
-        decision = check_attestation(general, source, target, step[3])
-        assert decision.reason is check_attestation(fast, source, target, step[3]).reason
-        if decision.records_new_message:
-            fast.record_allowed_attestation(source, target, step[3])
-            general.add_attestation(source, target, step[3])
-            assert_indexes_exact(fast)
-    assert fast.export_attestations() == general.export_attestations()
-
-
 # -------------------------------------------------------------------------------------------------- pruning
 
 # `prune` after every add, or the half that matches what was added (as the store does on its hot path).
@@ -189,8 +165,8 @@ def test_pruned_history_never_allows_what_the_unpruned_oracle_refuses(
                 assert attestation_reason(everything, first, second, root).allows, (
                     f"pruned history allows attestation ({first}, {second})"
                 )
-                if decision.records_new_message:  # as the store records it
-                    pruned.record_allowed_attestation(first, second, root)
+                if decision.records_new_message and not pruned.add_attestation_if_newest(first, second, root):
+                    pruned.add_attestation(first, second, root)  # as the store records it
                 everything.attestations.append(Attestation(first, second, root))
         if decision.allowed:
             pruned_anything |= prune_after_add(pruned, kind, window, pruner)

@@ -1,0 +1,193 @@
+"""The history's fast paths against its general ones: the same state, field by field, derived indexes included.
+
+Three shortcuts serve restart time: `add_attestation_if_newest` (the O(1) append replay takes for nearly every
+record), the prefix maxima kept across `prune_attestations` instead of recomputed, and `load_attestation_arrays`
+deriving the indexes of a checkpoint by copy when sources never decrease. Each is checked against the general
+computation on honest histories (where the shortcut fires) and on slashable imported ones (where it must not).
+"""
+
+from __future__ import annotations
+
+import copy
+from array import array
+from itertools import accumulate
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from sidecar.history import MergeOutcome, ValidatorHistory
+
+from .rules_support import ROOT_A, ROOT_B, build_history, imported_histories
+
+SETTINGS = settings(max_examples=300, deadline=None)
+
+
+def full_state(history: ValidatorHistory) -> dict[str, object]:
+    """Every slot of the history as plain, comparable values."""
+    state: dict[str, object] = {}
+    for name in ValidatorHistory.__slots__:
+        value = getattr(history, name)
+        if isinstance(value, array):
+            value = (value.typecode, value.tolist())
+        elif isinstance(value, bytearray):
+            value = ("bytearray", bytes(value))
+        elif isinstance(value, dict):
+            value = sorted(value.items())
+        state[name] = value
+    return state
+
+
+def assert_indexes_exact(history: ValidatorHistory) -> None:
+    sources = history.sources.tolist()
+    prefix = list(accumulate(sources, max))
+    suffix = list(accumulate(reversed(sources), min))[::-1]
+    assert history._prefix_max_source.tolist() == prefix
+    assert history._suffix_min_source.tolist() == suffix
+
+
+@st.composite
+def honest_histories(draw: st.DrawFn) -> ValidatorHistory:
+    """Histories grown the way the rules grow them: targets rising, sources never falling, roots known."""
+    history = ValidatorHistory()
+    history.raise_floors(-1, draw(st.integers(0, 5)), draw(st.integers(-1, 5)))
+    source = draw(st.integers(0, 10))
+    target = source
+    for _ in range(draw(st.integers(0, 30))):
+        source += draw(st.integers(0, 2))
+        target = max(target + 1, source) + draw(st.integers(0, 2))
+        history.add_attestation(source, target, draw(st.sampled_from([ROOT_A, ROOT_B])))
+    return history
+
+
+any_histories = st.one_of(
+    honest_histories(),
+    imported_histories(max_records=12).map(lambda drawn: build_history(*drawn)),
+)
+candidates = st.tuples(st.integers(0, 50), st.integers(0, 50), st.sampled_from([ROOT_A, ROOT_B]))
+
+
+# ------------------------------------------------------------------------------ add_attestation_if_newest
+
+
+@SETTINGS
+@given(any_histories, candidates)
+def test_add_attestation_if_newest_is_add_attestation_or_nothing(
+    history: ValidatorHistory, candidate: tuple[int, int, bytes]
+) -> None:
+    source, target, root = candidate
+    general = copy.deepcopy(history)
+    before = full_state(history)
+    if history.add_attestation_if_newest(source, target, root):
+        event("fast path")
+        assert general.add_attestation(source, target, root) is MergeOutcome.ADDED
+        assert full_state(history) == full_state(general)
+        assert_indexes_exact(history)
+    else:
+        event("declined")
+        assert full_state(history) == before
+
+
+def test_add_attestation_if_newest_takes_the_honest_next_vote_and_declines_the_rest() -> None:
+    history = ValidatorHistory()
+    assert history.add_attestation_if_newest(3, 4, ROOT_A)
+    assert history.add_attestation_if_newest(4, 5, ROOT_A)
+    assert history.add_attestation_if_newest(4, 9, ROOT_B)  # a skipped epoch, same source
+    declined = [
+        (4, 9, ROOT_A),  # same target: a repeat or a double vote
+        (5, 8, ROOT_A),  # below the newest target
+        (3, 10, ROOT_A),  # surrounds a recorded vote
+        (11, 10, ROOT_A),  # source above target
+    ]
+    for source, target, root in declined:
+        assert not history.add_attestation_if_newest(source, target, root), (source, target)
+    floored = ValidatorHistory()
+    floored.raise_floors(-1, 6, 7)
+    assert not floored.add_attestation_if_newest(5, 9, ROOT_A)  # source below the source floor
+    assert not floored.add_attestation_if_newest(6, 7, ROOT_A)  # target at the target floor
+    assert floored.add_attestation_if_newest(6, 8, ROOT_A)
+
+
+# ------------------------------------------------------------------------------ pruning keeps the indexes exact
+
+
+@SETTINGS
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60), st.sampled_from([ROOT_A, None])), max_size=60),
+    st.integers(0, 6),
+    st.booleans(),
+)
+def test_indexes_stay_exact_through_pruning(
+    votes: list[tuple[int, int, bytes | None]], window: int, honest: bool
+) -> None:
+    history = ValidatorHistory()
+    if honest:
+        # Rising sources and targets: the case where pruning keeps the prefix maxima it has.
+        votes = sorted(((min(s, t), max(s, t), root) for s, t, root in votes), key=lambda vote: vote[:2])
+    for source, target, root in votes:
+        history.add_attestation(source, target, root)
+        if history.prune_attestations(window):
+            event("pruned")
+        assert_indexes_exact(history)
+
+
+def test_pruning_recomputes_prefix_maxima_a_dropped_vote_had_set() -> None:
+    history = ValidatorHistory()
+    history.add_attestation(30, 31, ROOT_A)  # a high source, imported (it surrounds nothing yet)
+    for target in range(32, 60):
+        history.add_attestation(2, target, ROOT_A)
+    assert history._prefix_max_source[-1] == 30
+    assert history.prune_attestations(4)
+    assert history.targets[0] > 31
+    assert history._prefix_max_source.tolist() == [2] * len(history.targets)
+    assert history.source_epoch_floor == 30
+
+
+# ------------------------------------------------------------------------------ loading arrays from a checkpoint
+
+
+def reloaded(history: ValidatorHistory) -> ValidatorHistory:
+    roots, known = history.root_arrays()
+    fresh = ValidatorHistory()
+    fresh.load_attestation_arrays(array("Q", history.targets), array("Q", history.sources), roots[:], known[:])
+    return fresh
+
+
+@SETTINGS
+@given(any_histories)
+def test_loaded_arrays_rebuild_the_same_indexes(history: ValidatorHistory) -> None:
+    fresh = reloaded(history)
+    event("sources never decrease" if history.sources.tolist() == sorted(history.sources) else "sources decrease")
+    for name in ("targets", "sources", "_prefix_max_source", "_suffix_min_source", "_roots", "_root_known"):
+        assert full_state(fresh)[name] == full_state(history)[name], name
+    assert_indexes_exact(fresh)
+    # The copies are the history's own: growing one index does not grow another.
+    if fresh.targets:
+        fresh._prefix_max_source.append(99)
+        assert len(fresh.sources) == len(fresh._suffix_min_source) == len(fresh.targets)
+
+
+@pytest.mark.parametrize(
+    ("targets", "sources", "message"),
+    [
+        ([5, 4], [1, 2], "attestations out of order"),  # sources sorted, targets not
+        ([5, 4], [2, 1], "attestations out of order"),
+        ([4, 4, 6], [3, 2, 5], "attestations out of order at index 1"),  # one target, sources falling
+    ],
+)
+def test_loading_refuses_arrays_out_of_order(targets: list[int], sources: list[int], message: str) -> None:
+    history = ValidatorHistory()
+    n = len(targets)
+    with pytest.raises(ValueError, match=message):
+        history.load_attestation_arrays(array("Q", targets), array("Q", sources), bytearray(32 * n), bytearray(n))
+    assert full_state(history) == full_state(ValidatorHistory())
+
+
+def test_loading_keeps_slashable_imports_with_exact_indexes() -> None:
+    # Two votes at one target and a surround: kept as they are, indexes by the general computation.
+    history = ValidatorHistory()
+    history.load_attestation_arrays(
+        array("Q", [4, 4, 9, 10]), array("Q", [1, 3, 8, 2]), bytearray(32 * 4), bytearray(4)
+    )
+    assert history._prefix_max_source.tolist() == [1, 3, 8, 8]
+    assert history._suffix_min_source.tolist() == [1, 2, 2, 2]
