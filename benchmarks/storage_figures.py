@@ -5,7 +5,10 @@
 * restart: time from `serve` to gRPC SERVING on a directory with 100,000 validators and 1,000,000 log records
   after its checkpoint, against the same on an empty directory (interpreter and imports: the floor);
 * checkpoint: p99 decision latency while `SaveCheckpoint` of those 100,000 validators runs back to back,
-  against the p99 of the same load without a checkpoint.
+  against the p99 of the same load without a checkpoint;
+* import memory: peak resident set of `python -m sidecar import FILE --data-dir D` on a complete-history file
+  (about 1 GB; quick: 100 MB), against the state it leaves behind (a process holding the imported directory,
+  minus a bare one).
 
 Run: `.venv/bin/python -m benchmarks.storage_figures [--quick]` (also run at the end of `python -m benchmarks`).
 The state is built in-process through the store's own hot path (the same calls the servicer makes), which is
@@ -39,10 +42,26 @@ class Sizes:
     history_epochs: int
     tail_records: int
     load_seconds: float
+    import_file_bytes: int
+    import_keys: int
 
 
-FULL = Sizes(validators=100_000, history_epochs=80, tail_records=1_000_000, load_seconds=6.0)
-QUICK = Sizes(validators=100_000, history_epochs=8, tail_records=200_000, load_seconds=3.0)
+FULL = Sizes(
+    validators=100_000,
+    history_epochs=80,
+    tail_records=1_000_000,
+    load_seconds=6.0,
+    import_file_bytes=1_000_000_000,
+    import_keys=20_000,
+)
+QUICK = Sizes(
+    validators=100_000,
+    history_epochs=8,
+    tail_records=200_000,
+    load_seconds=3.0,
+    import_file_bytes=100_000_000,
+    import_keys=4_000,
+)
 
 
 def _rss_bytes() -> int:
@@ -222,6 +241,70 @@ def _checkpoints_back_to_back(port: int, stop: threading.Event, writing: threadi
     return durations
 
 
+_RSS_NOW = "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+
+
+def _resident_kib(code: str) -> int:
+    """VmRSS, in KiB, of a fresh interpreter after running `code` (which must print nothing)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code + "\n" + _RSS_NOW], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout.split()[-1])
+
+
+def _peak_resident_kib(command: list[str]) -> tuple[int, float]:
+    """Runs `command` to the end; returns its own peak resident set in KiB (ru_maxrss of that child alone, from
+    wait4) and its wall time."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {stderr.strip()[-500:]}")
+    return usage.ru_maxrss, time.monotonic() - started
+
+
+def measure_import_memory(sizes: Sizes, work: Path) -> tuple[str, str, str, str]:
+    """Peak memory of an offline import of a complete-history file, against the state it leaves behind."""
+    from benchmarks.common import GENESIS_VALIDATORS_ROOT_HEX
+    from benchmarks.interchange_docs import complete_history_for_size, write_complete_history_document
+
+    shape = complete_history_for_size(sizes.import_file_bytes, sizes.import_keys)
+    path = work / "complete-history.json"
+    print(f"writing a complete-history file: {shape.keys:,} keys x {shape.epochs} epochs ...", flush=True)
+    file_bytes = write_complete_history_document(path, shape)
+    data_dir = work / "imported"
+    # The directory exists before the figure (an import into a new directory reads the file twice, validating it
+    # whole first; memory is the same, time twice).
+    empty = work / "empty.json"
+    empty.write_text(
+        '{"metadata":{"interchange_format_version":"5","genesis_validators_root":"'
+        + GENESIS_VALIDATORS_ROOT_HEX
+        + '"},"data":[]}'
+    )
+    cli = [sys.executable, "-m", "sidecar", "import"]
+    subprocess.run([*cli, str(empty), "--data-dir", str(data_dir)], capture_output=True, check=True)
+    print(f"importing {file_bytes / 1e9:.2f} GB offline ...", flush=True)
+    peak, seconds = _peak_resident_kib([*cli, str(path), "--data-dir", str(data_dir)])
+    path.unlink()
+    bare = _resident_kib("import sidecar.cli, sidecar.store")
+    holding = _resident_kib(
+        "from pathlib import Path\nfrom sidecar.store import Store\n"
+        f"store = Store.open_or_create(Path({str(data_dir)!r}), None)"
+    )
+    state = max(holding - bare, 1)
+    ratio = (peak - bare) / state
+    return (
+        f"import memory, {file_bytes / 1e9:.2f} GB complete-history file ({shape.keys:,} keys x {shape.epochs} "
+        f"epochs, a vote each and a block every {shape.block_every_epochs}), CLI offline, {seconds:.0f} s",
+        f"{peak / 1024:,.0f} MiB peak resident, {(peak - bare) / 1024:,.0f} MiB above a bare process",
+        f"final state {state / 1024:,.0f} MiB (a process holding the directory, {holding / 1024:,.0f} MiB, minus "
+        f"a bare one, {bare / 1024:,.0f} MiB) -> {ratio:.2f}x",
+        "≤ 2x the final state: " + ("pass" if ratio <= 2 else "FAIL"),
+    )
+
+
 def measure(sizes: Sizes, work: Path) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     data_dir = work / "state"
@@ -299,6 +382,7 @@ def measure(sizes: Sizes, work: Path) -> list[tuple[str, str, str, str]]:
         )
     finally:
         server.stop()
+    rows.append(measure_import_memory(sizes, work))
     return rows
 
 

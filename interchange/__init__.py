@@ -8,6 +8,8 @@ Usable on its own, without the sidecar server::
     with path.open("rb") as fp:
         for item in stream_interchange(fp):                     # bounded memory; Metadata once, records as read
             ...
+        for item in stream_interchange_parts(fp):               # not even one entry whole: records in parts
+            ...
     with out_path.open("wb") as out:
         write_interchange(out, genesis_validators_root, records) # streaming, deterministic
 
@@ -27,10 +29,18 @@ from interchange.models import (
     SignedAttestationJSON,
     SignedBlock,
     SignedBlockJSON,
+    ValidatorEntryEnd,
     ValidatorRecords,
     ValidatorRecordsJSON,
+    ValidatorRecordsPart,
 )
-from interchange.parse import DEFAULT_LIMITS, ParseLimits, parse_interchange, stream_interchange
+from interchange.parse import (
+    DEFAULT_LIMITS,
+    ParseLimits,
+    parse_interchange,
+    stream_interchange,
+    stream_interchange_parts,
+)
 from interchange.schema import SCHEMA
 from interchange.serialize import dumps_interchange, write_interchange
 
@@ -51,10 +61,13 @@ __all__ = [
     "SignedAttestationJSON",
     "SignedBlock",
     "SignedBlockJSON",
+    "ValidatorEntryEnd",
     "ValidatorRecords",
     "ValidatorRecordsJSON",
+    "ValidatorRecordsPart",
     "dumps_interchange",
     "parse_interchange",
     "stream_interchange",
+    "stream_interchange_parts",
     "write_interchange",
 ]

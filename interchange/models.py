@@ -50,6 +50,26 @@ class ValidatorRecords:
 
 
 @dataclass(frozen=True, slots=True)
+class ValidatorRecordsPart:
+    """Some of the records of entry ``index`` of ``data``, in document order, as ``stream_interchange_parts``
+    reads them: a bounded piece, so that one entry with a long history is never held whole. Not to be trusted
+    before the entry's ``ValidatorEntryEnd`` (and the document) has been read to the end."""
+
+    index: int
+    signed_blocks: tuple[SignedBlock, ...]
+    signed_attestations: tuple[SignedAttestation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorEntryEnd:
+    """Entry ``index`` of ``data`` is complete and valid; every part of it came before. The pubkey comes last
+    because JSON leaves key order free: an entry may name its pubkey after its records."""
+
+    index: int
+    pubkey: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Metadata:
     interchange_format_version: str
     genesis_validators_root: bytes

@@ -6,7 +6,9 @@ Contract
 ``Metadata`` exactly once (as soon as the metadata object is complete and valid) and one ``ValidatorRecords``
 per element of ``data`` (as soon as that element is complete and valid). JSON leaves key order free, so the
 ``Metadata`` may come before, between or after the records. The same pubkey may appear in several elements; each
-is yielded as it stands. Anything wrong raises ``InterchangeError`` (see ``interchange.errors``) naming the JSON
+is yielded as it stands. ``stream_interchange_parts(fp)`` is the same reader one level down: it hands over each
+entry's records in bounded parts and ends the entry with its pubkey, so that not even one entry is held whole.
+Anything wrong raises ``InterchangeError`` (see ``interchange.errors``) naming the JSON
 path, at the point the reader gets there, which can be after records were already yielded: a consumer that must
 take a document whole or not at all (an import) stages what it receives until the iterator is exhausted. For a
 syntax or encoding error the path is where the reader was when the decoder stopped: the value being read, or
@@ -29,7 +31,8 @@ one, and it cannot change the meaning of the document. UTF-16 and UTF-32 are ref
 
 Hostile input
 -------------
-``stream_interchange`` holds one validator entry's records at a time plus a few buffers, and a value that
+``stream_interchange_parts`` holds at most ``ParseLimits.part_records`` records plus a few buffers
+(``stream_interchange`` holds one validator entry's records at a time), and a value that
 cannot be valid is refused at its first token, before its content is read. The metadata object is
 built whole for ``jsonschema``, so it is capped at ``_MAX_METADATA_EVENTS`` tokens (a valid one has 6).
 
@@ -59,7 +62,9 @@ from interchange.models import (
     Metadata,
     SignedAttestation,
     SignedBlock,
+    ValidatorEntryEnd,
     ValidatorRecords,
+    ValidatorRecordsPart,
 )
 from interchange.schema import (
     NOT_AN_ARRAY,
@@ -96,14 +101,16 @@ class ParseLimits:
 
     ``read_size`` is how much is asked of the file object at a time. ``max_token_bytes`` is the longest run of
     input in which no JSON token (a key, a scalar, a bracket) completes; valid documents have tokens of at most
-    100 bytes, so the default only ever stops hostile input.
+    100 bytes, so the default only ever stops hostile input. ``part_records`` is how many blocks or attestations
+    ``stream_interchange_parts`` gathers before handing them over.
     """
 
     read_size: int = 64 * 1024
     max_token_bytes: int = 1024 * 1024
+    part_records: int = 1024
 
     def __post_init__(self) -> None:
-        if self.read_size < 1 or self.max_token_bytes < 1:
+        if self.read_size < 1 or self.max_token_bytes < 1 or self.part_records < 1:
             raise ValueError(f"parse limits must be positive: {self}")
 
 
@@ -236,6 +243,7 @@ class _Reader:
 
     def __init__(self, fp: BinaryIO, limits: ParseLimits) -> None:
         self._source = _GuardedSource(fp, limits)
+        self._part_records = limits.part_records
         events = _backend.basic_parse(self._source, buf_size=limits.read_size)
         self._next_event: Callable[[], tuple[str, Any]] = events.__next__
 
@@ -249,7 +257,7 @@ class _Reader:
         self._source.bytes_without_token = 0
         return event
 
-    def read(self) -> Iterator[Metadata | ValidatorRecords]:
+    def read(self) -> Iterator[Metadata | ValidatorRecordsPart | ValidatorEntryEnd]:
         event, _ = self._next(())
         if event != "start_map":
             raise InterchangeFormatError((), NOT_AN_OBJECT)
@@ -285,7 +293,7 @@ class _Reader:
             raise _decoder_error(error, ()) from error
         raise InterchangeFormatError((), "invalid JSON: more than one value")
 
-    def _data(self) -> Iterator[ValidatorRecords]:
+    def _data(self) -> Iterator[ValidatorRecordsPart | ValidatorEntryEnd]:
         next_event = self._next_event
         source = self._source
         index = 0
@@ -296,7 +304,7 @@ class _Reader:
                     return
                 if event != "start_map":
                     raise InterchangeFormatError(("data", index), NOT_AN_OBJECT)
-                yield self._validator(index)
+                yield from self._validator(index)
                 source.bytes_without_token = 0
                 index += 1
         except _SourceReadError as failure:
@@ -304,11 +312,11 @@ class _Reader:
         except _DECODER_ERRORS as error:
             raise _decoder_error(error, ("data", index)) from error
 
-    def _validator(self, index: int) -> ValidatorRecords:
+    def _validator(self, index: int) -> Iterator[ValidatorRecordsPart | ValidatorEntryEnd]:
         next_event = self._next_event
         pubkey: bytes | None = None
-        signed_blocks: tuple[SignedBlock, ...] | None = None
-        signed_attestations: tuple[SignedAttestation, ...] | None = None
+        has_signed_blocks = False
+        has_signed_attestations = False
         key = None
         try:
             while True:
@@ -320,16 +328,18 @@ class _Reader:
                     pubkey = hex_bytes(value, PUBKEY_BYTES) if event == "string" else None
                     if pubkey is None:
                         raise InterchangeFormatError(("data", index, key), NOT_PUBKEY)
-                elif key == "signed_blocks" and signed_blocks is None:
+                elif key == "signed_blocks" and not has_signed_blocks:
                     event, _ = next_event()
                     if event != "start_array":
                         raise InterchangeFormatError(("data", index, key), NOT_AN_ARRAY)
-                    signed_blocks = self._signed_blocks(index)
-                elif key == "signed_attestations" and signed_attestations is None:
+                    has_signed_blocks = True
+                    yield from self._signed_blocks(index)
+                elif key == "signed_attestations" and not has_signed_attestations:
                     event, _ = next_event()
                     if event != "start_array":
                         raise InterchangeFormatError(("data", index, key), NOT_AN_ARRAY)
-                    signed_attestations = self._signed_attestations(index)
+                    has_signed_attestations = True
+                    yield from self._signed_attestations(index)
                 else:
                     reason = duplicate_key(key) if key in _VALIDATOR_KEYS else unknown_key(key)
                     raise InterchangeFormatError(("data", index), reason)
@@ -338,22 +348,25 @@ class _Reader:
         # Sorted order, like jsonschema's "required" list walked by the agreement test's oracle.
         if pubkey is None:
             raise InterchangeFormatError(("data", index), missing_key("pubkey"))
-        if signed_attestations is None:
+        if not has_signed_attestations:
             raise InterchangeFormatError(("data", index), missing_key("signed_attestations"))
-        if signed_blocks is None:
+        if not has_signed_blocks:
             raise InterchangeFormatError(("data", index), missing_key("signed_blocks"))
-        return ValidatorRecords(pubkey, signed_blocks, signed_attestations)
+        yield ValidatorEntryEnd(index, pubkey)
 
-    def _signed_blocks(self, index: int) -> tuple[SignedBlock, ...]:
+    def _signed_blocks(self, index: int) -> Iterator[ValidatorRecordsPart]:
         next_event = self._next_event
         source = self._source
+        part_records = self._part_records
         blocks: list[SignedBlock] = []
         position = 0
         try:
             while True:
                 event, _ = next_event()
                 if event == "end_array":
-                    return tuple(blocks)
+                    if blocks:
+                        yield ValidatorRecordsPart(index, tuple(blocks), ())
+                    return
                 if event != "start_map":
                     raise InterchangeFormatError(_record(index, "signed_blocks", position), NOT_AN_OBJECT)
                 slot: int | None = None
@@ -383,19 +396,25 @@ class _Reader:
                 blocks.append(SignedBlock(slot, signing_root))
                 source.bytes_without_token = 0
                 position += 1
+                if len(blocks) == part_records:
+                    yield ValidatorRecordsPart(index, tuple(blocks), ())
+                    blocks = []
         except _DECODER_ERRORS as error:
             raise _decoder_error(error, _record(index, "signed_blocks", position)) from error
 
-    def _signed_attestations(self, index: int) -> tuple[SignedAttestation, ...]:
+    def _signed_attestations(self, index: int) -> Iterator[ValidatorRecordsPart]:
         next_event = self._next_event
         source = self._source
+        part_records = self._part_records
         attestations: list[SignedAttestation] = []
         position = 0
         try:
             while True:
                 event, _ = next_event()
                 if event == "end_array":
-                    return tuple(attestations)
+                    if attestations:
+                        yield ValidatorRecordsPart(index, (), tuple(attestations))
+                    return
                 if event != "start_map":
                     raise InterchangeFormatError(_record(index, "signed_attestations", position), NOT_AN_OBJECT)
                 source_epoch: int | None = None
@@ -434,6 +453,9 @@ class _Reader:
                 attestations.append(SignedAttestation(source_epoch, target_epoch, signing_root))
                 source.bytes_without_token = 0
                 position += 1
+                if len(attestations) == part_records:
+                    yield ValidatorRecordsPart(index, (), tuple(attestations))
+                    attestations = []
         except _DECODER_ERRORS as error:
             raise _decoder_error(error, _record(index, "signed_attestations", position)) from error
 
@@ -504,6 +526,19 @@ class _Reader:
         )
 
 
+def stream_interchange_parts(
+    fp: BinaryIO, *, limits: ParseLimits = DEFAULT_LIMITS
+) -> Iterator[Metadata | ValidatorRecordsPart | ValidatorEntryEnd]:
+    """Yield the document's ``Metadata`` (once) and, for each element of ``data``, its records in parts of at most
+    ``limits.part_records`` (``ValidatorRecordsPart``) followed by its ``ValidatorEntryEnd``.
+
+    For consumers that must not hold one entry whole (a complete history of millions of records under one key).
+    Same reader, same refusals, same messages as ``stream_interchange``; a part is only valid once its entry's end
+    has been yielded, and the document only once the iterator is exhausted.
+    """
+    return _Reader(fp, limits).read()
+
+
 def stream_interchange(
     fp: BinaryIO, *, limits: ParseLimits = DEFAULT_LIMITS
 ) -> Iterator[Metadata | ValidatorRecords]:
@@ -513,7 +548,18 @@ def stream_interchange(
     ``read`` returns short pieces. Raises ``InterchangeError`` as described in the module docstring; records
     yielded before the error came from a document that is, as a whole, refused.
     """
-    return _Reader(fp, limits).read()
+    blocks: list[SignedBlock] = []
+    attestations: list[SignedAttestation] = []
+    for item in stream_interchange_parts(fp, limits=limits):
+        if isinstance(item, ValidatorRecordsPart):
+            blocks.extend(item.signed_blocks)
+            attestations.extend(item.signed_attestations)
+        elif isinstance(item, ValidatorEntryEnd):
+            yield ValidatorRecords(item.pubkey, tuple(blocks), tuple(attestations))
+            blocks = []
+            attestations = []
+        else:
+            yield item
 
 
 def parse_interchange(data: bytes, *, limits: ParseLimits = DEFAULT_LIMITS) -> Interchange:
@@ -530,4 +576,4 @@ def parse_interchange(data: bytes, *, limits: ParseLimits = DEFAULT_LIMITS) -> I
     return Interchange(metadata, tuple(records))
 
 
-__all__ = ["DEFAULT_LIMITS", "ParseLimits", "parse_interchange", "stream_interchange"]
+__all__ = ["DEFAULT_LIMITS", "ParseLimits", "parse_interchange", "stream_interchange", "stream_interchange_parts"]

@@ -349,12 +349,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _validated_root(source: BinaryIO, path: Path) -> bytes:
-    from interchange import InterchangeError, Metadata, stream_interchange
+    from interchange import InterchangeError, Metadata, stream_interchange_parts
     from sidecar.errors import ImportRefusedError
 
     root = None
     try:
-        for item in stream_interchange(source):
+        # In parts: this pass keeps nothing, so it must not hold even one entry's records whole.
+        for item in stream_interchange_parts(source):
             if isinstance(item, Metadata):
                 root = item.genesis_validators_root
     except InterchangeError as error:
@@ -367,8 +368,9 @@ def _validated_root(source: BinaryIO, path: Path) -> bytes:
 @contextlib.contextmanager
 def _open_input(path: Path) -> Iterator[BinaryIO]:
     if str(path) == "-":
-        # Spooled so that it can be validated and then imported (memory up to 64 MiB, a temp file beyond).
-        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
+        # Spooled so that it can be validated and then imported: in memory only while small, a temporary file
+        # beyond, so that a large import's memory stays the state it builds rather than the file.
+        with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1024 * 1024)
             spool.seek(0)
             yield spool  # type: ignore[misc]

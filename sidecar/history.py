@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from operator import eq, le
@@ -41,6 +42,7 @@ __all__ = [
     "SLOT_FLOOR_NONE",
     "SOURCE_FLOOR_NONE",
     "MergeOutcome",
+    "StagedHistory",
     "ValidatorHistory",
 ]
 
@@ -402,34 +404,117 @@ class ValidatorHistory:
         self._roots[offset:offset] = _ZERO_ROOT if signing_root is None else signing_root
         self._root_known.insert(index, 0 if signing_root is None else 1)
 
+    def absorb(self, imported: ValidatorHistory) -> MergeOutcome:
+        """Adds every record of `imported` exactly as `add_block` / `add_attestation` would, then raises the floors
+        to `imported`'s; `imported` is spent (its arrays may now be this history's). Records first, floors after,
+        so that only this history's own floors clear roots, as when each record is added one by one: an import's
+        floors stand for records it no longer holds, which they refuse whatever roots the kept ones have.
+
+        Returns CONFLICT if a record conflicted with this history (see add_*), UNCHANGED if neither records nor
+        floors changed, else ADDED. An empty history without floors takes `imported`'s records over whole (the
+        same result as adding them in order: nothing to clear, nothing to conflict with); conflicts among
+        `imported`'s own records are then not looked for, so whoever built it says (StagedHistory.slashable).
+        """
+        if (
+            not self.blocks
+            and not self.targets
+            and self.slot_floor == SLOT_FLOOR_NONE
+            and self.source_epoch_floor == SOURCE_FLOOR_NONE
+            and self.target_epoch_floor == EPOCH_FLOOR_NONE
+        ):
+            # Taken, not copied: for an import of new keys this is most of the state, and a copy would briefly
+            # double it.
+            self.blocks, imported.blocks = imported.blocks, {}
+            self._lowest_slot, imported._lowest_slot = imported._lowest_slot, None
+            self.targets, self.sources = imported.targets, imported.sources
+            self._prefix_max_source = imported._prefix_max_source
+            self._suffix_min_source = imported._suffix_min_source
+            self._roots, self._root_known = imported._roots, imported._root_known
+            imported.load_attestation_arrays(array("Q"), array("Q"), bytearray(), bytearray())
+            outcome = MergeOutcome.ADDED if self.blocks or self.targets else MergeOutcome.UNCHANGED
+        else:
+            outcome = MergeOutcome.UNCHANGED
+            for slot, root in imported.blocks.items():
+                outcome = max(outcome, self.add_block(slot, root))
+            for index in range(len(imported.targets)):
+                added = self.add_attestation(
+                    imported.sources[index], imported.targets[index], imported._root_at(index)
+                )
+                outcome = max(outcome, added)
+        floors = (self.slot_floor, self.source_epoch_floor, self.target_epoch_floor)
+        self.raise_floors(imported.slot_floor, imported.source_epoch_floor, imported.target_epoch_floor)
+        if outcome is MergeOutcome.UNCHANGED and floors != (
+            self.slot_floor,
+            self.source_epoch_floor,
+            self.target_epoch_floor,
+        ):
+            outcome = MergeOutcome.ADDED
+        return MergeOutcome(outcome)
+
+    def compact(self) -> None:
+        """Gives back the spare capacity that appends and pruning leave in the arrays (a bytearray keeps the
+        space of what was deleted from its front until it next grows): for histories that will not grow soon."""
+        self.targets = array("Q", self.targets)
+        self.sources = array("Q", self.sources)
+        self._prefix_max_source = array("Q", self._prefix_max_source)
+        self._suffix_min_source = array("Q", self._suffix_min_source)
+        self._roots = bytearray(self._roots)
+        self._root_known = bytearray(self._root_known)
+
     def raise_floors(self, slot_floor: int, source_epoch_floor: int, target_epoch_floor: int) -> None:
         """Raises the floors (never lowers them): used by pruning, repair and checkpoint loading."""
         self.slot_floor = max(self.slot_floor, slot_floor)
         self.source_epoch_floor = max(self.source_epoch_floor, source_epoch_floor)
         self.target_epoch_floor = max(self.target_epoch_floor, target_epoch_floor)
 
-    def prune(self, window_epochs: int) -> bool:
+    def prune(self, window_epochs: int, slack_epochs: int = PRUNE_SLACK_EPOCHS) -> bool:
         """Drops records more than `window_epochs` behind the newest one, raising the floors (see module doc).
 
-        Returns whether anything was dropped.
+        Returns whether anything was dropped. With `slack_epochs` 0 the result depends only on the records and
+        the window, not on when pruning ran: imports prune that way, so that a document read in parts ends as if
+        it had been read whole.
         """
-        pruned_attestations = self.prune_attestations(window_epochs)
-        return self.prune_blocks(window_epochs) or pruned_attestations
+        pruned_attestations = self.prune_attestations(window_epochs, slack_epochs)
+        return self.prune_blocks(window_epochs, slack_epochs) or pruned_attestations
 
-    def prune_attestations(self, window_epochs: int) -> bool:
+    def prune_attestations(self, window_epochs: int, slack_epochs: int = PRUNE_SLACK_EPOCHS) -> bool:
         """Attestation half of `prune`. Cheap enough to call after every append: it does nothing until the
-        oldest record is PRUNE_SLACK_EPOCHS beyond the window, so the work is amortized.
+        oldest record is `slack_epochs` beyond the window, so the work is amortized.
         """
         targets = self.targets
-        if not targets or targets[0] + window_epochs + PRUNE_SLACK_EPOCHS >= targets[-1]:
+        if not targets or targets[0] + window_epochs + slack_epochs >= targets[-1]:
             return False
-        cut = bisect_left(targets, targets[-1] - window_epochs)
+        source, target = self.drop_attestations_below(targets[-1] - window_epochs)
+        self.raise_floors(SLOT_FLOOR_NONE, source, target)
+        return True
+
+    def prune_blocks(self, window_epochs: int, slack_epochs: int = PRUNE_SLACK_EPOCHS) -> bool:
+        """Block half of `prune`, with the same slack."""
+        lowest = self._lowest_slot
+        if lowest is None:
+            return False
+        highest = max(self.blocks)
+        window_slots = window_epochs * SLOTS_PER_EPOCH
+        if lowest + window_slots + slack_epochs * SLOTS_PER_EPOCH >= highest:
+            return False
+        slot = self.drop_blocks_below(highest - window_slots)
+        self.raise_floors(slot, SOURCE_FLOOR_NONE, EPOCH_FLOOR_NONE)
+        return True
+
+    def drop_attestations_below(self, target_epoch: int) -> tuple[int, int]:
+        """Removes every attestation whose target is below `target_epoch`, leaving the floors alone; returns the
+        highest source and the highest target removed (the floors that would cover them), or the no-floor values
+        when nothing was below."""
+        targets = self.targets
+        cut = bisect_left(targets, target_epoch)
+        if cut == 0:
+            return SOURCE_FLOOR_NONE, EPOCH_FLOOR_NONE
         prefix = self._prefix_max_source
         dropped_maximum = prefix[cut - 1]
-        self.raise_floors(SLOT_FLOOR_NONE, dropped_maximum, targets[cut - 1])
+        dropped = dropped_maximum, targets[cut - 1]
         # A kept prefix maximum above the dropped records' maximum came from a kept record and stays right; only
         # the leading stretch that still equals the dropped maximum must be recomputed (usually empty, as
-        # sources rise with targets).
+        # sources rise with targets: pruning on the hot path and at replay then copies nothing).
         stale_end = bisect_right(prefix, dropped_maximum, cut)
         recomputed = array("Q", accumulate(self.sources[cut:stale_end], max))
         self._prefix_max_source = recomputed + prefix[stale_end:]
@@ -438,24 +523,18 @@ class ValidatorHistory:
         del self._suffix_min_source[:cut]
         del self._roots[: cut * ROOT_SIZE]
         del self._root_known[:cut]
-        return True
+        return dropped
 
-    def prune_blocks(self, window_epochs: int) -> bool:
-        """Block half of `prune`, with the same slack."""
-        lowest = self._lowest_slot
-        if lowest is None:
-            return False
-        highest = max(self.blocks)
-        window_slots = window_epochs * SLOTS_PER_EPOCH
-        if lowest + window_slots + PRUNE_SLACK_EPOCHS * SLOTS_PER_EPOCH >= highest:
-            return False
-        keep_from = highest - window_slots
-        dropped = [slot for slot in self.blocks if slot < keep_from]
-        for slot in dropped:
-            del self.blocks[slot]
-        self.raise_floors(max(dropped), SOURCE_FLOOR_NONE, EPOCH_FLOOR_NONE)
-        self._lowest_slot = min(self.blocks)
-        return True
+    def drop_blocks_below(self, slot: int) -> int:
+        """Removes every block at a slot below `slot`, leaving the floor alone; returns the highest slot removed,
+        or the no-floor value when nothing was below."""
+        dropped = [recorded for recorded in self.blocks if recorded < slot]
+        if not dropped:
+            return SLOT_FLOOR_NONE
+        for recorded in dropped:
+            del self.blocks[recorded]
+        self._lowest_slot = min(self.blocks) if self.blocks else None
+        return max(dropped)
 
     def minify(self) -> None:
         """Reduces the history to one block at the highest slot and one attestation at the highest source and
@@ -517,3 +596,184 @@ class ValidatorHistory:
         if kept:
             return kept, False
         return [ExportedAttestation(max(source_floor, 0), max(target_floor, 0), None)], False
+
+
+class StagedHistory:
+    """One validator's records read from an import document, before anything is applied, pruned to the history
+    window while they arrive: a complete history of any length is held as about a window of records.
+
+    What makes it safe is an equivalence, held by tests/rules against the simple path: staging records in any
+    order and in any number of pieces (`add_*`, `absorb`), then `finish`, then `ValidatorHistory.absorb` into a
+    history and `prune(window, slack_epochs=0)`, gives exactly the history that adding every record to that
+    history and pruning it once, the same way, gives. Because:
+
+    * a record is dropped only when its target (slot) is more than the window below the highest one seen so far;
+      the highest only grows, so the final prune would drop it too (imports prune without slack for this reason);
+    * what is dropped is remembered as the highest source, target and slot dropped, which are the floors the
+      final prune would raise for it;
+    * kept records combine as `add_*` combine them (a root stays known only if every copy had it), which does
+      not depend on order, and a drop never separates copies of one message: they share a target (slot);
+    * the dropped maxima become floors only at `finish`. As floors during staging they would clear the roots of
+      kept records below them (`add_*` does that below floors), which pruning once does not.
+
+    The "minimal" strategy keeps only the highest slot, source and target (all `minify` keeps), without roots.
+    """
+
+    __slots__ = (
+        "_attestations_seen",
+        "_blocks_seen",
+        "_dropped_slot",
+        "_dropped_source",
+        "_dropped_target",
+        "_finished",
+        "_highest_slot",
+        "_highest_source",
+        "_highest_target",
+        "_roots_seen",
+        "history",
+        "minimal",
+        "slashable",
+        "window_epochs",
+    )
+
+    def __init__(self, window_epochs: int | None, minimal: bool) -> None:
+        # Complete strategy: the kept records, without floors until `finish` (see the class doc). Minimal: empty
+        # until `finish`, which records the highest slot, source and target.
+        self.history = ValidatorHistory()
+        self.window_epochs = window_epochs
+        self.minimal = minimal
+        # Whether kept records conflicted among themselves (double or surround votes, double proposals, source
+        # above target). Records older than the window are folded into floors without that check.
+        self.slashable = False
+        self._dropped_slot = SLOT_FLOOR_NONE
+        self._dropped_source = SOURCE_FLOOR_NONE
+        self._dropped_target = EPOCH_FLOOR_NONE
+        self._highest_slot = SLOT_FLOOR_NONE
+        self._highest_source = -1
+        self._highest_target = -1
+        self._blocks_seen = 0
+        self._attestations_seen = 0
+        self._roots_seen = False
+        self._finished = False
+
+    @property
+    def held_records(self) -> int:
+        """Blocks and attestations held right now: what this validator's staging costs in memory."""
+        return len(self.history.blocks) + len(self.history.targets)
+
+    @property
+    def reduced(self) -> bool:
+        """Minimal strategy: whether keeping only the highest records, without roots, left anything out."""
+        return self.minimal and (self._blocks_seen > 1 or self._attestations_seen > 1 or self._roots_seen)
+
+    def add_blocks(self, blocks: Iterable[tuple[int, bytes | None]]) -> None:
+        """Stages blocks given as (slot, signing root or None)."""
+        assert not self._finished, "staged history used after finish"
+        history = self.history
+        window = None if self.minimal else self.window_epochs
+        for slot, root in blocks:
+            self._blocks_seen += 1
+            if self.minimal:
+                self._roots_seen = self._roots_seen or root is not None
+                self._highest_slot = max(self._highest_slot, slot)
+                continue
+            if window is not None and slot < self._highest_slot - window * SLOTS_PER_EPOCH:
+                # Older than the window below the newest block: the final prune drops it; only its floor stays.
+                self._dropped_slot = max(self._dropped_slot, slot)
+                continue
+            if history.add_block(slot, root) is MergeOutcome.CONFLICT:
+                self.slashable = True
+            if slot > self._highest_slot:
+                self._highest_slot = slot
+                if window is not None:
+                    self._drop_blocks(window, PRUNE_SLACK_EPOCHS)
+
+    def add_attestations(self, attestations: Iterable[tuple[int, int, bytes | None]]) -> None:
+        """Stages attestations given as (source epoch, target epoch, signing root or None)."""
+        assert not self._finished, "staged history used after finish"
+        history = self.history
+        targets = history.targets  # changed in place by add_attestation and drop_attestations_below
+        window = None if self.minimal else self.window_epochs
+        for source, target, root in attestations:
+            self._attestations_seen += 1
+            if self.minimal:
+                self._roots_seen = self._roots_seen or root is not None
+                self._highest_source = max(self._highest_source, source)
+                self._highest_target = max(self._highest_target, target)
+                continue
+            if window is not None and targets and target < targets[-1] - window:
+                # As for blocks: the final prune drops it, and these are the floors it raises for it.
+                self._dropped_source = max(self._dropped_source, source)
+                self._dropped_target = max(self._dropped_target, target)
+                continue
+            if history.add_attestation(source, target, root) is MergeOutcome.CONFLICT:
+                self.slashable = True
+            if window is not None and targets[0] + window + PRUNE_SLACK_EPOCHS < targets[-1]:
+                self._drop_attestations(window)
+
+    def absorb(self, other: StagedHistory) -> None:
+        """Stages everything `other` staged (the same key in another entry of the document); `other` is spent."""
+        assert not self._finished and not other._finished, "staged history used after finish"
+        assert self.minimal == other.minimal and self.window_epochs == other.window_epochs
+        kept = other.history
+        self.add_blocks(kept.blocks.items())
+        self.add_attestations(
+            (kept.sources[i], kept.targets[i], kept._root_at(i)) for i in range(len(kept.targets))
+        )
+        # What `other` saw, not only what it kept, counts (the add_* calls above counted its kept records again).
+        self._blocks_seen += other._blocks_seen - len(kept.blocks)
+        self._attestations_seen += other._attestations_seen - len(kept.targets)
+        self._roots_seen = self._roots_seen or other._roots_seen
+        self.slashable = self.slashable or other.slashable
+        self._highest_slot = max(self._highest_slot, other._highest_slot)
+        self._highest_source = max(self._highest_source, other._highest_source)
+        self._highest_target = max(self._highest_target, other._highest_target)
+        self._dropped_slot = max(self._dropped_slot, other._dropped_slot)
+        self._dropped_source = max(self._dropped_source, other._dropped_source)
+        self._dropped_target = max(self._dropped_target, other._dropped_target)
+        if not self.minimal and self.window_epochs is not None:
+            self._drop_blocks(self.window_epochs, PRUNE_SLACK_EPOCHS)
+
+    def settle(self) -> None:
+        """Drops exactly what is beyond the window now (the slack only spares work while records arrive) and
+        gives back spare capacity: for when the entry being read has ended. Staging may go on afterwards."""
+        if self.minimal or self._finished:
+            return
+        if self.window_epochs is not None:
+            self._drop_blocks(self.window_epochs, 0)
+            self._drop_attestations(self.window_epochs)
+        self.history.compact()
+
+    def finish(self) -> ValidatorHistory:
+        """Prunes to exactly the window and turns what was dropped into floors; returns the history to merge
+        (records and floors). Nothing may be staged afterwards."""
+        if self._finished:
+            return self.history
+        history = self.history
+        if self.minimal:
+            if self._blocks_seen:
+                history.add_block(self._highest_slot, None)
+            if self._attestations_seen:
+                history.add_attestation(self._highest_source, self._highest_target, None)
+        else:
+            if self.window_epochs is not None:
+                # Exactly to the window; capacity was given back when each entry ended (DocumentStaging).
+                self._drop_blocks(self.window_epochs, 0)
+                self._drop_attestations(self.window_epochs)
+            history.raise_floors(self._dropped_slot, self._dropped_source, self._dropped_target)
+        self._finished = True
+        return history
+
+    def _drop_blocks(self, window_epochs: int, slack_epochs: int) -> None:
+        lowest = self.history.lowest_slot
+        window_slots = window_epochs * SLOTS_PER_EPOCH
+        if lowest is not None and lowest + window_slots + slack_epochs * SLOTS_PER_EPOCH < self._highest_slot:
+            dropped = self.history.drop_blocks_below(self._highest_slot - window_slots)
+            self._dropped_slot = max(self._dropped_slot, dropped)
+
+    def _drop_attestations(self, window_epochs: int) -> None:
+        targets = self.history.targets
+        if targets:
+            source, target = self.history.drop_attestations_below(targets[-1] - window_epochs)
+            self._dropped_source = max(self._dropped_source, source)
+            self._dropped_target = max(self._dropped_target, target)

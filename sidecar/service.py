@@ -446,7 +446,9 @@ class _StreamReader(io.RawIOBase):
     ) -> None:
         self._requests = requests
         self._loop = loop
+        # The current chunk and how much of it was read: a chunk is consumed in place, never re-sliced.
         self._buffer = b""
+        self._offset = 0
         self._ended = False
         # Set when the call ends: a parser still reading then stops instead of waiting for chunks forever.
         self.cancelled = threading.Event()
@@ -478,15 +480,15 @@ class _StreamReader(io.RawIOBase):
                     raise ConnectionAbortedError("import cancelled: the call ended") from None
 
     def readinto(self, target: Any) -> int:
-        while not self._buffer and not self._ended:
+        while self._offset == len(self._buffer) and not self._ended:
             chunk = self._fetch()
             if chunk is None:
                 self._ended = True
             else:
-                self._buffer = chunk
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
+                self._buffer, self._offset = chunk, 0
+        size = min(len(target), len(self._buffer) - self._offset)
+        target[:size] = memoryview(self._buffer)[self._offset : self._offset + size]
+        self._offset += size
         return size
 
 

@@ -11,7 +11,8 @@ Layout of a data directory (created 0700, files 0600):
 Start = lock, identity, newest checkpoint that verifies (older ones if it does not, saying so), replay of the log
 after it (a torn tail is repaired; any other damage refuses to start, naming file and offset).
 
-Concurrency: one lock (`_lock`) guards the in-memory state and the order of log appends. A decision holds it
+Concurrency: one lock (`_lock`) guards the in-memory state and the order of log appends (an import's records,
+which change nothing until its commit, are the one exception; see `import_interchange`). A decision holds it
 for the rule check, the (non-blocking) append and the update of the history: a few microseconds, never an fsync.
 Durability is waited for after the lock is released, through the log's group commit; a record is durable only
 after every record before it is, so a decision taken against a not-yet-durable record is safe: if a crash loses
@@ -31,6 +32,8 @@ import logging
 import struct
 import threading
 import time
+from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -39,12 +42,10 @@ from typing import BinaryIO, NamedTuple
 
 from interchange import (
     InterchangeError,
-    InterchangeVersionError,
     Metadata,
     SignedAttestation,
     SignedBlock,
     ValidatorRecords,
-    stream_interchange,
     write_interchange,
 )
 from sidecar.audit import DecisionRecord, decode_decision, read_decisions
@@ -55,7 +56,15 @@ from sidecar.errors import (
     InvalidRequestError,
     UnknownValidatorError,
 )
-from sidecar.history import EPOCH_FLOOR_NONE, SLOT_FLOOR_NONE, SOURCE_FLOOR_NONE, ValidatorHistory
+from sidecar.history import (
+    EPOCH_FLOOR_NONE,
+    SLOT_FLOOR_NONE,
+    SOURCE_FLOOR_NONE,
+    MergeOutcome,
+    StagedHistory,
+    ValidatorHistory,
+)
+from sidecar.import_staging import stage_interchange
 from sidecar.rules import Decision, Reason, check_attestation, check_block
 from sidecar.storage import (
     DataDirLock,
@@ -103,6 +112,8 @@ CHECKPOINT_PAUSE_SECONDS = 0.001
 RECOVERY_PROGRESS_SECONDS = 5.0
 # Results listed per import response; the rest are counted (keeps a 1,000,000-key response far below 4 MiB).
 MAX_LISTED_IMPORT_RESULTS = 1000
+# An import's records go to the log in parts of about this size, each durable before the next is encoded.
+IMPORT_PART_BYTES = 2 * 1024 * 1024
 
 
 class Strategy(enum.Enum):
@@ -212,12 +223,6 @@ class RecoveryInfo:
     seconds: float
     repaired_torn_tail: bool
     problems: tuple[str, ...]
-
-
-@dataclass(slots=True)
-class _StagedValidator:
-    blocks: list[tuple[int, bytes | None]] = field(default_factory=list)
-    attestations: list[tuple[int, int, bytes | None]] = field(default_factory=list)
 
 
 class Store:
@@ -337,7 +342,7 @@ class Store:
         `LogScan.batches` yields them; returns how many were read. `_replayed_through` follows progress, so a
         caller that stops at damage knows the last record read before it."""
         replayed = 0
-        pending_import: list[tuple[int, codec.ImportValidatorRecord]] = []
+        pending_import: list[tuple[int, codec.ImportedValidator]] = []
         # Attestation decisions are nearly the whole log, and restart time is this loop: they take a path with
         # no record objects, applied by the same function as live decisions.
         attestation_type = codec.ATTESTATION_DECISION
@@ -353,8 +358,6 @@ class Store:
                 log.info("recovering: %d log records replayed so far (sequence %d)", replayed, sequence)
                 next_report = time.monotonic() + RECOVERY_PROGRESS_SECONDS
             if record_type == attestation_type:
-                if pending_import:
-                    pending_import = []
                 try:
                     pubkey, source, target, root, reason, _, _ = unpack(payload)
                 except struct.error:
@@ -369,24 +372,24 @@ class Store:
                 self._replayed_through = sequence
                 continue
             try:
-                if record_type == codec.IMPORT_VALIDATOR:
-                    pending_import.append((sequence, codec.decode_import_validator(payload)))
+                if record_type == codec.IMPORT_PRUNED_VALIDATOR:
+                    pending_import.append((sequence, codec.decode_import_pruned_validator(payload)))
+                elif record_type == codec.IMPORT_VALIDATOR:
+                    pending_import.append(
+                        (sequence, self._staged_v01_import(codec.decode_import_validator(payload)))
+                    )
                 elif record_type == codec.IMPORT_COMMIT:
-                    if codec.decode_import_commit(payload) == len(pending_import):
-                        for import_sequence, record in pending_import:
+                    # Its records are the last `count` import records; any before are a crashed import's.
+                    count = codec.decode_import_commit(payload)
+                    if count <= len(pending_import):
+                        for import_sequence, imported in pending_import[len(pending_import) - count :]:
                             self._apply_import_locked(
-                                record.pubkey,
-                                record.minimal,
-                                record.blocks,
-                                record.attestations,
-                                sequence,
-                                import_sequence,
+                                imported.pubkey, imported.minimal, imported.history, sequence, import_sequence
                             )
                     pending_import = []
                 else:
-                    # Any other record ends an import that never committed: it was never answered, so it is
-                    # dropped.
-                    pending_import = []
+                    # Decisions and registrations may come between an import's records and its commit; they do
+                    # not end it (see state_codec).
                     self._replay_record_locked(sequence, record_type, payload)
             except codec.CodecError as error:
                 raise DataDirError(
@@ -533,11 +536,12 @@ class Store:
         self,
         pubkey: bytes,
         minimal: bool,
-        blocks: Iterable[tuple[int, bytes | None]],
-        attestations: Iterable[tuple[int, int, bytes | None]],
+        imported: ValidatorHistory,
         commit_sequence: int,
         record_sequence: int,
     ) -> ImportStatus:
+        """Applies one validator of an import: live right after its records are appended, and at replay of its
+        commit, identically. `imported` is the staged history (StagedHistory.finish, or its log record)."""
         history = self._validators.get(pubkey)
         existed = history is not None and bool(history.blocks or history.targets)
         if history is None:
@@ -546,30 +550,30 @@ class Store:
         elif history.applied_sequence >= commit_sequence:
             return ImportStatus.UNCHANGED  # replay over a checkpoint that already holds this import
         before = history.fingerprint() if minimal else None
-        changed = False
-        conflict = False
-        for slot, root in blocks:
-            outcome = history.add_block(slot, root)
-            changed = changed or outcome != 0
-            conflict = conflict or outcome == 2
-        for source, target, root in attestations:
-            outcome = history.add_attestation(source, target, root)
-            changed = changed or outcome != 0
-            conflict = conflict or outcome == 2
+        outcome = history.absorb(imported)
+        changed = outcome is not MergeOutcome.UNCHANGED
         if minimal:
             history.minify()
             # Minifying can change a history that every imported record already matched.
             changed = history.fingerprint() != before
         if self._window is not None:
-            # As after every decision: an imported history beyond the window is pruned now, not on the first
-            # decision that happens to touch it (pruning only ever adds refusals).
-            history.prune(self._window)
+            # Exactly to the window, without the decisions' slack: the staging pruned the document the same way,
+            # and together they give what pruning the whole document once would (see StagedHistory).
+            history.prune(self._window, slack_epochs=0)
         history.applied_sequence = max(history.applied_sequence, commit_sequence, record_sequence)
-        if conflict:
+        if outcome is MergeOutcome.CONFLICT:
             return ImportStatus.IMPORTED_SLASHABLE_DATA
         if not changed:
             return ImportStatus.UNCHANGED if existed else ImportStatus.IMPORTED
         return ImportStatus.MERGED if existed else ImportStatus.IMPORTED
+
+    def _staged_v01_import(self, record: codec.ImportValidatorRecord) -> codec.ImportedValidator:
+        """A v0.1 import record (type 4: every record of the document, no floors) as the history the live path
+        would have staged from the same records."""
+        staged = StagedHistory(self._window, record.minimal)
+        staged.add_blocks(record.blocks)
+        staged.add_attestations(record.attestations)
+        return codec.ImportedValidator(record.minimal, record.pubkey, staged.finish())
 
     # ---------------------------------------------------------------- the hot path
 
@@ -652,61 +656,57 @@ class Store:
     def import_interchange(self, source: BinaryIO, progress: Callable[[int], None] | None = None) -> ImportResult:
         """Imports one EIP-3076 document, all or nothing, and waits until it is durable.
 
-        The document is read and validated whole before anything changes; a bad document raises
-        ImportRefusedError or GenesisRootMismatchError and changes nothing. `progress` is called with the number
-        of validators read so far.
+        The document is read whole before anything changes, each key's records pruned to the history window as
+        they arrive (sidecar.import_staging), so memory follows the state the import leaves behind, not the size
+        of the file. A bad document raises ImportRefusedError or GenesisRootMismatchError and changes nothing.
+        `progress` is called with the number of entries read so far.
         """
-        staged: dict[bytes, _StagedValidator] = {}
-        metadata: Metadata | None = None
-        entries = 0
+        minimal = self.options.strategy is Strategy.MINIMAL
         try:
-            for item in stream_interchange(source):
-                if isinstance(item, Metadata):
-                    metadata = item
-                    self._check_import_root(metadata)
-                    continue
-                entries += 1
-                stage = staged.get(item.pubkey)
-                if stage is None:
-                    stage = staged[item.pubkey] = _StagedValidator()
-                stage.blocks.extend((b.slot, b.signing_root) for b in item.signed_blocks)
-                stage.attestations.extend(
-                    (a.source_epoch, a.target_epoch, a.signing_root) for a in item.signed_attestations
+            staged = deque(
+                stage_interchange(
+                    source,
+                    window_epochs=self._window,
+                    minimal=minimal,
+                    max_records_per_validator=codec.MAX_IMPORT_RECORDS,
+                    on_metadata=self._check_import_root,
+                    progress=progress,
                 )
-                if progress is not None and entries % 1000 == 0:
-                    progress(entries)
-        except InterchangeVersionError as error:
-            raise ImportRefusedError(f"interchange refused: {error}") from error
+            )
         except InterchangeError as error:
             raise ImportRefusedError(f"interchange refused: {error}") from error
-        if metadata is None:  # stream_interchange guarantees metadata; this keeps the invariant local
-            raise ImportRefusedError("interchange refused: no metadata")
-        if progress is not None:
-            progress(entries)
-        minimal = self.options.strategy is Strategy.MINIMAL
-        records: list[tuple[int, bytes]] = []
-        plan = []
-        for pubkey, stage in staged.items():
-            blocks, attestations = stage.blocks, stage.attestations
-            if minimal:
-                blocks, attestations, reduced = _minified(blocks, attestations)
-            else:
-                reduced = False
-            plan.append((pubkey, blocks, attestations, reduced))
-            records.append(
-                (codec.IMPORT_VALIDATOR, codec.encode_import_validator(minimal, pubkey, blocks, attestations))
-            )
-        records.append((codec.IMPORT_COMMIT, codec.encode_import_commit(len(plan))))
-        result = ImportResult(validators=len(plan))
-        with self._lock:
-            last = self.log.append_many(records)
-            sequence = last - len(records)
-            for pubkey, blocks, attestations, reduced in plan:
-                sequence += 1
-                status = self._apply_import_locked(pubkey, minimal, blocks, attestations, last, sequence)
-                if reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
-                    status = ImportStatus.MINIFIED
-                _count_import(result, pubkey, status)
+        count = len(staged)
+        result = ImportResult(validators=count)
+        record_sequences = array("Q")
+        # The import's records are written before its commit, without the state lock (they change nothing until
+        # the commit), a few MiB at a time, each part durable before the next is encoded: memory stays the staged
+        # state plus one part, and signing goes on meanwhile. Checkpoints wait, so that none can cover some of
+        # the records and not the commit; this also keeps imports one at a time, which is what lets replay take
+        # the last `count` import records before a commit as this import's (see state_codec).
+        with self._checkpoint_lock:
+            part: list[tuple[int, bytes]] = []
+            part_bytes = 0
+            for index, (pubkey, stage) in enumerate(staged):
+                payload = codec.encode_import_pruned_validator(minimal, pubkey, stage.history)
+                part.append((codec.IMPORT_PRUNED_VALIDATOR, payload))
+                part_bytes += len(payload)
+                if part_bytes >= IMPORT_PART_BYTES or index == count - 1:
+                    last = self.log.append_many(part)
+                    record_sequences.extend(range(last - len(part) + 1, last + 1))
+                    self.log.wait_durable(last)
+                    part, part_bytes = [], 0
+            with self._lock:
+                last = self.log.append(codec.IMPORT_COMMIT, codec.encode_import_commit(count))
+                for record_sequence in record_sequences:
+                    # Popped as applied, so a staged history is freed once merged rather than at the end.
+                    pubkey, stage = staged.popleft()
+                    status = self._apply_import_locked(pubkey, minimal, stage.history, last, record_sequence)
+                    if stage.reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
+                        status = ImportStatus.MINIFIED
+                    elif stage.slashable and status is ImportStatus.IMPORTED:
+                        # Merging into an empty history does not look for conflicts among the records; staging did.
+                        status = ImportStatus.IMPORTED_SLASHABLE_DATA
+                    _count_import(result, pubkey, status)
         result.sequence = last
         self.log.wait_durable(last)
         return result
@@ -914,21 +914,6 @@ _IMPORT_MESSAGES = {
         "which only refuses more"
     ),
 }
-
-
-def _minified(
-    blocks: list[tuple[int, bytes | None]], attestations: list[tuple[int, int, bytes | None]]
-) -> tuple[list[tuple[int, bytes | None]], list[tuple[int, int, bytes | None]], bool]:
-    """The "minimal" form of imported records: the highest slot, the highest source and target, unknown roots.
-    Also says whether that dropped anything."""
-    reduced = len(blocks) > 1 or len(attestations) > 1
-    reduced = reduced or any(root is not None for _, root in blocks)
-    reduced = reduced or any(root is not None for _, _, root in attestations)
-    minified_blocks: list[tuple[int, bytes | None]] = [(max(slot for slot, _ in blocks), None)] if blocks else []
-    minified_attestations: list[tuple[int, int, bytes | None]] = (
-        [(max(a[0] for a in attestations), max(a[1] for a in attestations), None)] if attestations else []
-    )
-    return minified_blocks, minified_attestations, reduced
 
 
 def _open_identity(data_dir: Path, genesis_validators_root: bytes | None, fileops: FileOps) -> bytes:

@@ -33,6 +33,7 @@ _DECODERS = {
     codec.REGISTER: codec.decode_register,
     codec.IMPORT_VALIDATOR: codec.decode_import_validator,
     codec.IMPORT_COMMIT: codec.decode_import_commit,
+    codec.IMPORT_PRUNED_VALIDATOR: codec.decode_import_pruned_validator,
 }
 
 

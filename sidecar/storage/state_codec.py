@@ -15,12 +15,34 @@ type   name                    payload
 4      IMPORT_VALIDATOR        strategy:u8 pubkey[48] blocks:u32 attestations:u32, then per block
                                slot:u64 root_known:u8 root[32], then per attestation source:u64 target:u64
                                root_known:u8 root[32]
-5      IMPORT_COMMIT           validators:u32 (the number of IMPORT_VALIDATOR records just before it)
+                               (written by v0.1 only; still read)
+5      IMPORT_COMMIT           validators:u32 (how many import records it commits; see below)
+6      IMPORT_PRUNED_VALIDATOR strategy:u8 pubkey[48] floors_present:u8 (bit 0 slot, bit 1 source, bit 2
+                               target) slot_floor:u64 source_floor:u64 target_floor:u64 blocks:u32
+                               attestations:u32, then per block slot:u64 root_known:u8 root[32] (slots strictly
+                               increasing), then targets:u64[n] sources:u64[n] root_known:u8[n] roots:32[n]
+                               ordered by (target, source), no pair twice
 =====  ======================  =============================================================================
 
-`reason` is the `Reason` number; the verdict follows from it (reasons 1 and 2 allow). An import is the run of
-IMPORT_VALIDATOR records immediately followed by its IMPORT_COMMIT: replay applies it only at the commit, so an
-import cut short by a crash is not applied at all.
+`reason` is the `Reason` number; the verdict follows from it (reasons 1 and 2 allow). `strategy` is 0 for
+complete, 1 for minimal (the history is minified after the records are merged).
+
+An import is its import records (type 4 or 6), one per validator, followed by its IMPORT_COMMIT: replay applies
+it only at the commit, so an import cut short by a crash is not applied at all. The commit applies the last
+`validators` import records before it. Decisions and registrations may come between them (the records are written
+before the commit without stopping signing), but never another import's records or a checkpoint boundary: the
+store runs one import at a time and takes no checkpoint while one is being written. Import records before the
+last `validators` are the remains of an import that a crash cut short, and are dropped; so are import records
+that no commit follows. (v0.1 wrote an import as one run, records and commit together, which this reads the same.)
+
+Type 6 replaced type 4 when imports began to prune each validator's records to the history window while reading
+the document (sidecar.history.StagedHistory), so that a file of any length is held as about a window of records
+per key. The records alone then no longer imply the bounds: a vote pruned from the file may have had a higher
+source, or a dropped block a higher slot, than anything kept, and merging the kept records without those floors
+would lower a bound and could let a surround or a double vote through. Type 6 carries them explicitly (floor
+values as in the checkpoint body: a floor whose bit is clear is "none", and its field is 0). Type 4 is applied
+as if its records were staged the same way, without floors, which is what its records meant. The attestation
+arrays are laid out as in checkpoints, so a large import encodes and replays at C speed.
 
 Checkpoint body (version 1 of this layout; the checkpoint container carries its own format version):
 
@@ -46,21 +68,26 @@ from dataclasses import dataclass
 
 from sidecar.history import EPOCH_FLOOR_NONE, SLOT_FLOOR_NONE, SOURCE_FLOOR_NONE, ValidatorHistory
 from sidecar.rules import Reason
+from sidecar.storage.framing import MAX_PAYLOAD_SIZE
 
 __all__ = [
     "ATTESTATION_DECISION",
     "BLOCK_DECISION",
     "IMPORT_COMMIT",
+    "IMPORT_PRUNED_VALIDATOR",
     "IMPORT_VALIDATOR",
+    "MAX_IMPORT_RECORDS",
     "REGISTER",
     "AttestationDecisionRecord",
     "BlockDecisionRecord",
     "CodecError",
     "ImportValidatorRecord",
+    "ImportedValidator",
     "decode_attestation_decision",
     "decode_block_decision",
     "decode_checkpoint_body",
     "decode_import_commit",
+    "decode_import_pruned_validator",
     "decode_import_validator",
     "decode_register",
     "encode_attestation_decision",
@@ -68,6 +95,7 @@ __all__ = [
     "encode_checkpoint_header",
     "encode_checkpoint_validator",
     "encode_import_commit",
+    "encode_import_pruned_validator",
     "encode_import_validator",
     "encode_register",
     "last_decision_type",
@@ -78,6 +106,7 @@ ATTESTATION_DECISION = 2
 REGISTER = 3
 IMPORT_VALIDATOR = 4
 IMPORT_COMMIT = 5
+IMPORT_PRUNED_VALIDATOR = 6
 
 PUBKEY_SIZE = 48
 ROOT_SIZE = 32
@@ -92,12 +121,18 @@ _IMPORT_HEAD = struct.Struct("<B48sII")
 _BLOCK_ENTRY = struct.Struct("<QB32s")
 _ATTESTATION_ENTRY = struct.Struct("<QQB32s")
 _VALIDATOR_HEAD = struct.Struct("<48sQQQBQQQBQI")
+_IMPORT_PRUNED_HEAD = struct.Struct("<B48sBQQQII")
+_ATTESTATION_COLUMNS_SIZE = 8 + 8 + 1 + ROOT_SIZE
 _ZERO_ROOT = bytes(ROOT_SIZE)
 # Bytes per attestation in a checkpoint: target, source, root_known and root, each in its own array.
 _ATTESTATION_ARRAYS_ENTRY_SIZE = 8 + 8 + 1 + ROOT_SIZE
 
 # array("Q").tobytes() is native-endian; the formats are little-endian.
 _NEEDS_BYTESWAP = sys.byteorder != "little"
+
+# The most blocks and attestations one IMPORT_PRUNED_VALIDATOR record can hold (an attestation is the larger
+# entry): a validator with more, inside its history window, cannot be imported.
+MAX_IMPORT_RECORDS = (MAX_PAYLOAD_SIZE - _IMPORT_PRUNED_HEAD.size) // _ATTESTATION_COLUMNS_SIZE
 
 
 class CodecError(ValueError):
@@ -129,6 +164,15 @@ class ImportValidatorRecord:
     pubkey: bytes
     blocks: tuple[tuple[int, bytes | None], ...]
     attestations: tuple[tuple[int, int, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedValidator:
+    """An IMPORT_PRUNED_VALIDATOR record: the staged history (records and floors) to merge into `pubkey`'s."""
+
+    minimal: bool
+    pubkey: bytes
+    history: ValidatorHistory
 
 
 def _reason(value: int) -> Reason:
@@ -219,6 +263,96 @@ def decode_import_validator(payload: bytes) -> ImportValidatorRecord:
     for source, target, known, root in _ATTESTATION_ENTRY.iter_unpack(payload[offset:]):
         attestations.append((source, target, root if known else None))
     return ImportValidatorRecord(bool(minimal), pubkey, tuple(blocks), tuple(attestations))
+
+
+def _floor_bits(history: ValidatorHistory) -> int:
+    floors = 0
+    if history.slot_floor != SLOT_FLOOR_NONE:
+        floors |= 1
+    if history.source_epoch_floor != SOURCE_FLOOR_NONE:
+        floors |= 2
+    if history.target_epoch_floor != EPOCH_FLOOR_NONE:
+        floors |= 4
+    return floors
+
+
+def _raise_floors_from(history: ValidatorHistory, floors: int, slot: int, source: int, target: int) -> None:
+    history.raise_floors(
+        slot if floors & 1 else SLOT_FLOOR_NONE,
+        source if floors & 2 else SOURCE_FLOOR_NONE,
+        target if floors & 4 else EPOCH_FLOOR_NONE,
+    )
+
+
+def encode_import_pruned_validator(minimal: bool, pubkey: bytes, history: ValidatorHistory) -> bytes:
+    """The record of one validator of an import: `history` is its staged records and floors
+    (StagedHistory.finish). Raises ValueError when it holds more than MAX_IMPORT_RECORDS records."""
+    if len(history.blocks) + len(history.targets) > MAX_IMPORT_RECORDS:
+        raise ValueError(f"an import record holds at most {MAX_IMPORT_RECORDS} blocks and attestations")
+    roots, known = history.root_arrays()
+    parts = [
+        _IMPORT_PRUNED_HEAD.pack(
+            1 if minimal else 0,
+            pubkey,
+            _floor_bits(history),
+            max(history.slot_floor, 0),
+            history.source_epoch_floor,
+            max(history.target_epoch_floor, 0),
+            len(history.blocks),
+            len(history.targets),
+        )
+    ]
+    block_entry = _BLOCK_ENTRY.pack
+    parts.extend(
+        block_entry(slot, root is not None, root or _ZERO_ROOT) for slot, root in sorted(history.blocks.items())
+    )
+    parts += [_array_bytes(history.targets), _array_bytes(history.sources), bytes(known), bytes(roots)]
+    return b"".join(parts)
+
+
+def decode_import_pruned_validator(payload: bytes) -> ImportedValidator:
+    if len(payload) < _IMPORT_PRUNED_HEAD.size:
+        raise CodecError("import payload too short")
+    minimal, pubkey, floors, slot_floor, source_floor, target_floor, block_count, attestation_count = (
+        _IMPORT_PRUNED_HEAD.unpack_from(payload)
+    )
+    expected = (
+        _IMPORT_PRUNED_HEAD.size + block_count * _BLOCK_ENTRY.size + attestation_count * _ATTESTATION_COLUMNS_SIZE
+    )
+    if len(payload) != expected:
+        raise CodecError(f"import payload length {len(payload)}, expected {expected}")
+    if minimal > 1 or floors > 7:
+        raise CodecError(f"import record with strategy {minimal} and floor bits {floors}")
+    history = ValidatorHistory()
+    view = memoryview(payload)
+    offset = _IMPORT_PRUNED_HEAD.size
+    previous_slot = -1
+    for slot, known, root in _BLOCK_ENTRY.iter_unpack(view[offset : offset + block_count * _BLOCK_ENTRY.size]):
+        if slot <= previous_slot:
+            raise CodecError("import record blocks out of order")
+        previous_slot = slot
+        history.add_block(slot, bytes(root) if known else None)
+    offset += block_count * _BLOCK_ENTRY.size
+    width = attestation_count * 8
+    targets = array("Q")
+    targets.frombytes(view[offset : offset + width])
+    sources = array("Q")
+    sources.frombytes(view[offset + width : offset + 2 * width])
+    offset += 2 * width
+    known_flags = bytearray(view[offset : offset + attestation_count])
+    roots = bytearray(view[offset + attestation_count :])
+    if _NEEDS_BYTESWAP:
+        targets.byteswap()
+        sources.byteswap()
+    try:
+        history.load_attestation_arrays(targets, sources, roots, known_flags)
+    except ValueError as error:
+        raise CodecError(f"import record of 0x{pubkey.hex()}: {error}") from error
+    for i in range(1, attestation_count):
+        if targets[i - 1] == targets[i] and sources[i - 1] == sources[i]:
+            raise CodecError(f"import record of 0x{pubkey.hex()}: attestation ({sources[i]}, {targets[i]}) twice")
+    _raise_floors_from(history, floors, slot_floor, source_floor, target_floor)
+    return ImportedValidator(bool(minimal), pubkey, history)
 
 
 def encode_import_commit(validators: int) -> bytes:

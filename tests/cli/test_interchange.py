@@ -281,3 +281,24 @@ def test_import_from_standard_input_through_the_server(server: Sidecar, tmp_path
     update = interchange([(K4, [{"slot": "2"}], [])])
     run_ok("import", "-", "--server", server.address, stdin=json.dumps(update).encode())
     assert K4 in keys_of(json.loads(grpc_export(server.address)))
+
+
+def test_offline_import_of_a_complete_history_from_standard_input(tmp_path: Path) -> None:
+    """A new directory from a multi-megabyte complete history piped in (spooled to a temporary file, validated
+    whole, then imported): each key ends as the default window of 64 epochs, and the export carries the rest as
+    bounds."""
+    keys = [pubkey(0x10 + i) for i in range(4)]
+    votes = [
+        {"source_epoch": str(t - 1), "target_epoch": str(t), "signing_root": root32(t % 256)}
+        for t in range(1, 4001)
+    ]
+    document = json.dumps(interchange([(key, [{"slot": "100"}], votes) for key in keys])).encode()
+    assert len(document) > 2 * 1024 * 1024  # past the in-memory spool
+    data_dir = tmp_path / "db"
+
+    result = run_ok("import", "-", "--data-dir", data_dir, stdin=document)
+
+    assert "imported 4 validators, 4 imported cleanly" in result.stdout
+    exported = assert_eip3076_v5(export_bytes("--data-dir", data_dir))
+    targets = [int(a["target_epoch"]) for a in exported["data"][0]["signed_attestations"]]
+    assert targets == list(range(3936, 4001))

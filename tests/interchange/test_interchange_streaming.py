@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import random
 import tracemalloc
+from collections.abc import Iterator
 
 import pytest
 
 from interchange import (
     Metadata,
     ParseLimits,
+    ValidatorEntryEnd,
     ValidatorRecords,
+    ValidatorRecordsPart,
     stream_interchange,
+    stream_interchange_parts,
 )
 from interchange import parse as parse_module
 
 from .documents import (
+    METADATA,
+    PUBKEY_HEX,
     GeneratedDocument,
     binary,
     collect_stream,
@@ -132,3 +139,66 @@ def test_a_text_file_is_a_programming_error() -> None:
 
 def test_the_c_backend_is_in_use() -> None:
     assert parse_module._backend.backend_name == "yajl2_c"
+
+
+class OneLongEntry:
+    """A binary file object producing one entry of ``votes`` attestations, its pubkey last, never held whole."""
+
+    def __init__(self, votes: int) -> None:
+        def pieces() -> Iterator[bytes]:
+            yield b'{"metadata": ' + json.dumps(METADATA).encode() + b', "data": [{"signed_attestations": ['
+            for target in range(1, votes + 1):
+                yield (b", " if target > 1 else b"") + (
+                    f'{{"source_epoch": "{target - 1}", "target_epoch": "{target}", '
+                    f'"signing_root": "0x{target.to_bytes(32, "big").hex()}"}}'
+                ).encode()
+            yield b'], "signed_blocks": [{"slot": "9"}], "pubkey": "' + PUBKEY_HEX.encode() + b'"}]}'
+
+        self._pieces = pieces()
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while len(self._buffer) < size:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buffer += piece
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+
+def test_parts_are_bounded_and_the_entry_ends_with_its_pubkey() -> None:
+    limits = ParseLimits(part_records=1000)
+    items = list(stream_interchange_parts(binary(OneLongEntry(4500)), limits=limits))
+
+    parts = [item for item in items if isinstance(item, ValidatorRecordsPart)]
+    assert [len(part.signed_attestations) for part in parts] == [1000, 1000, 1000, 1000, 500, 0]
+    assert [len(part.signed_blocks) for part in parts] == [0, 0, 0, 0, 0, 1]
+    assert {part.index for part in parts} == {0}
+    assert items[-1] == ValidatorEntryEnd(0, bytes.fromhex(PUBKEY_HEX[2:]))
+    # The same document, whole entries: the parts put together.
+    [records] = [
+        item for item in stream_interchange(binary(OneLongEntry(4500))) if isinstance(item, ValidatorRecords)
+    ]
+    assert records.signed_attestations == tuple(a for part in parts for a in part.signed_attestations)
+
+
+def test_one_long_entry_is_streamed_in_bounded_memory() -> None:
+    """stream_interchange must hold an entry whole; stream_interchange_parts never does."""
+
+    def peak_while_streaming(votes: int) -> int:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for _ in stream_interchange_parts(binary(OneLongEntry(votes))):
+                pass
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return peak
+
+    small = peak_while_streaming(5_000)
+    large = peak_while_streaming(40_000)
+
+    assert large < small + 256 * 1024
+    assert large < 2 * 1024 * 1024

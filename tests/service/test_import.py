@@ -239,3 +239,24 @@ def test_results_are_capped_for_a_large_document(tmp_path: Path) -> None:
         assert set(statuses(response)) <= set(keys)
         assert response.ByteSize() < DEFAULT_MAX_MESSAGE // 8
         assert summary(server, keys[-1]).block_count == 1
+
+
+def test_a_complete_history_streamed_in_small_chunks_imports_as_its_window(tmp_path: Path) -> None:
+    """Through the gRPC stream, a key's 300 epochs in two entries (newer half first) end as the default window
+    of 64 epochs plus the floors standing for the rest, and the floors outlive a restart."""
+    key = pubkey(7)
+    older = tuple((t - 1, t, A) for t in range(1, 151))
+    newer = tuple((t - 1, t, A) for t in range(151, 301))
+    document = interchange_document(
+        [Entry(key, attestations=newer), Entry(key, blocks=((9_000, B),), attestations=older)]
+    )
+    with running_server(tmp_path / "db", ROOT) as server:
+        response = import_document(server, document, chunk_size=4096)
+        assert (response.validators, response.imported) == (1, 1)
+    with running_server(tmp_path / "db", ROOT) as server:
+        state = summary(server, key)
+        assert (state.attestation_count, state.lowest_target_epoch, state.highest_target_epoch) == (65, 236, 300)
+        assert (state.source_epoch_floor, state.target_epoch_floor) == (234, 235)
+        assert_decision(sign_attestation(server, key, 100, 200, C), R.REASON_SOURCE_EPOCH_BELOW_LOWER_BOUND)
+        assert_decision(sign_attestation(server, key, 299, 300, A), R.REASON_ALLOWED_REPEAT)
+        assert_decision(sign_attestation(server, key, 300, 301, C), R.REASON_ALLOWED_NEW)
