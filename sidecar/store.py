@@ -816,12 +816,10 @@ class Store:
                 covered = self.log.last_sequence
                 pubkeys = list(self._validators)
             self._newest_in_checkpoint = covered
-            chunks = list(self._checkpoint_chunks(pubkeys, pause=while_serving))
-            # The checkpoint must not hold anything the log could still lose.
-            self.log.wait_durable(self._newest_in_checkpoint)
             fileops = self.options.fileops
             checkpoint_dir = self.data_dir / "checkpoints"
-            path = write_checkpoint(checkpoint_dir, fileops, covered, self.genesis_validators_root, chunks)
+            body = self._checkpoint_body(pubkeys, pause=while_serving)
+            path = write_checkpoint(checkpoint_dir, fileops, covered, self.genesis_validators_root, body)
             kept = prune_checkpoints(checkpoint_dir, fileops, keep=self.options.checkpoint_keep)
             # Only log segments every kept checkpoint covers may go; if none verifies (the one just written was
             # damaged on its way to disk), the log is the only copy and stays whole.
@@ -830,6 +828,13 @@ class Store:
                 self.log.delete_segments_through(min(kept), archive_dir=archive)
             self.last_checkpoint_unix = time.time()
             return CheckpointInfo(covered, len(pubkeys), path, time.monotonic() - started)
+
+    def _checkpoint_body(self, pubkeys: list[bytes], pause: bool) -> Iterator[bytes]:
+        """The body, streamed to the file as it is encoded (never held whole: it is about the size of the state).
+        Its end waits until everything it includes is durable in the log; the writer publishes the file (rename)
+        only after the body has ended, so a checkpoint never holds a record the log could still lose."""
+        yield from self._checkpoint_chunks(pubkeys, pause=pause)
+        self.log.wait_durable(self._newest_in_checkpoint)
 
     def _checkpoint_chunks(self, pubkeys: list[bytes], pause: bool = False) -> Iterator[bytes]:
         """The checkpoint body: header, then each validator encoded under the lock, a chunk at a time, so that

@@ -390,13 +390,7 @@ def last_decision_type(payload: bytes) -> int:
 
 def encode_checkpoint_validator(pubkey: bytes, history: ValidatorHistory) -> bytes:
     """One validator's entry. The caller holds whatever lock keeps `history` still while this runs."""
-    floors = 0
-    if history.slot_floor != SLOT_FLOOR_NONE:
-        floors |= 1
-    if history.source_epoch_floor != SOURCE_FLOOR_NONE:
-        floors |= 2
-    if history.target_epoch_floor != EPOCH_FLOOR_NONE:
-        floors |= 4
+    floors = _floor_bits(history)
     last = history.last_decision or b""
     parts = [
         _VALIDATOR_HEAD.pack(

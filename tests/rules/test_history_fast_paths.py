@@ -17,25 +17,11 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from sidecar.history import MergeOutcome, ValidatorHistory
+from tests.support.history_state import full_state
 
 from .rules_support import ROOT_A, ROOT_B, build_history, imported_histories
 
 SETTINGS = settings(max_examples=300, deadline=None)
-
-
-def full_state(history: ValidatorHistory) -> dict[str, object]:
-    """Every slot of the history as plain, comparable values."""
-    state: dict[str, object] = {}
-    for name in ValidatorHistory.__slots__:
-        value = getattr(history, name)
-        if isinstance(value, array):
-            value = (value.typecode, value.tolist())
-        elif isinstance(value, bytearray):
-            value = ("bytearray", bytes(value))
-        elif isinstance(value, dict):
-            value = sorted(value.items())
-        state[name] = value
-    return state
 
 
 def assert_indexes_exact(history: ValidatorHistory) -> None:

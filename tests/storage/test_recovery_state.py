@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-from array import array
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,24 +22,11 @@ from sidecar.history import ValidatorHistory
 from sidecar.storage import state_codec as codec
 from sidecar.store import Store, StoreOptions, Strategy
 from tests.crash.ledger import pubkey_for, root_for
+from tests.support.history_state import full_state
 
 GENESIS = root_for("recovery-state genesis")
 KEYS = [pubkey_for(index) for index in range(5)]  # the last one is never registered
 ROOTS = [root_for("message", index) for index in range(3)]
-
-
-def full_state(history: ValidatorHistory) -> dict[str, object]:
-    state: dict[str, object] = {}
-    for name in ValidatorHistory.__slots__:
-        value = getattr(history, name)
-        if isinstance(value, array):
-            value = (value.typecode, value.tolist())
-        elif isinstance(value, bytearray):
-            value = ("bytearray", bytes(value))
-        elif isinstance(value, dict):
-            value = sorted(value.items())
-        state[name] = value
-    return state
 
 
 def store_state(store: Store) -> dict[bytes, dict[str, object]]:
