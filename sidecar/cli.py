@@ -228,15 +228,15 @@ def _window(value: int | None) -> int | None:
 
 @contextlib.contextmanager
 def _offline_store(
-    data_dir: Path, root: bytes | None, strategy: str = "complete", create: bool = False, writes: bool = True
+    data_dir: Path, root: bytes | None, options: Any = None, create: bool = False, writes: bool = True
 ) -> Iterator[Any]:
-    """The store of DIR for an offline command; only commands that may create DIR pass `create`. Commands
-    that change nothing (`writes=False`) close without writing a checkpoint."""
-    from sidecar.store import IDENTITY_FILE, Store, StoreOptions
+    """The store of DIR for an offline command (default StoreOptions unless given); only commands that may
+    create DIR pass `create`. Commands that change nothing (`writes=False`) close without writing a checkpoint."""
+    from sidecar.store import IDENTITY_FILE, Store
 
     if not create and not (data_dir / IDENTITY_FILE).is_file():
         raise ConfigurationError(f"{data_dir} is not a sidecar data directory (no {IDENTITY_FILE})")
-    store = Store.open_or_create(data_dir, root, StoreOptions(strategy=_strategy(strategy)))
+    store = Store.open_or_create(data_dir, root, options)
     try:
         yield store
     finally:
@@ -326,43 +326,25 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         result = import_over_grpc(args, path)
         return _print_import_result(result, sys.stdout)
-    from sidecar.store import IDENTITY_FILE
+    from sidecar.store import IDENTITY_FILE, StoreOptions, bulk_loading, stage_import
 
     data_dir = Path(args.data_dir)
     root = _root_from(args)
+    options = StoreOptions(strategy=_strategy(args.strategy))
+    progress = _Progress(f"importing {path}")
     with _open_input(path) as source:
-        if not (data_dir / IDENTITY_FILE).is_file():
-            # A new directory takes the document's root, and is created only for a document that is valid
-            # whole: validate it all first, so a refused import leaves nothing behind.
-            document_root = _validated_root(source, path)
-            if root is not None and root != document_root:
-                raise ConfigurationError(
-                    f"{path} is for genesis validators root 0x{document_root.hex()}, not 0x{root.hex()}"
-                )
-            root = document_root
-            source.seek(0)
-        progress = _Progress(f"importing {path}")
-        with _offline_store(data_dir, root, args.strategy, create=True) as store:
-            result = store.import_interchange(source, progress=progress)
-        progress.done()
+        if (data_dir / IDENTITY_FILE).is_file():
+            with _offline_store(data_dir, root, options) as store:
+                result = store.import_interchange(source, progress=progress)
+        else:
+            # A new directory takes the document's root, and is created only for a document that is valid whole:
+            # stage it all first (one reading of the file), so a refused import leaves nothing behind.
+            with bulk_loading():
+                staged = stage_import(source, options, progress=progress, genesis_validators_root=root)
+                with _offline_store(data_dir, staged.genesis_validators_root, options, create=True) as store:
+                    result = store.import_staged(staged)
+    progress.done()
     return _print_import_result(result, sys.stdout)
-
-
-def _validated_root(source: BinaryIO, path: Path) -> bytes:
-    from interchange import InterchangeError, Metadata, stream_interchange_parts
-    from sidecar.errors import ImportRefusedError
-
-    root = None
-    try:
-        # In parts: this pass keeps nothing, so it must not hold even one entry's records whole.
-        for item in stream_interchange_parts(source):
-            if isinstance(item, Metadata):
-                root = item.genesis_validators_root
-    except InterchangeError as error:
-        raise ImportRefusedError(f"interchange refused: {error}") from error
-    if root is None:  # stream_interchange refuses a document without metadata; kept local for clarity
-        raise ImportRefusedError(f"interchange refused: {path} has no metadata")
-    return root
 
 
 @contextlib.contextmanager

@@ -622,6 +622,7 @@ class StagedHistory:
     __slots__ = (
         "_attestations_seen",
         "_blocks_seen",
+        "_dropped_since_settle",
         "_dropped_slot",
         "_dropped_source",
         "_dropped_target",
@@ -654,6 +655,7 @@ class StagedHistory:
         self._blocks_seen = 0
         self._attestations_seen = 0
         self._roots_seen = False
+        self._dropped_since_settle = False
         self._finished = False
 
     @property
@@ -706,7 +708,10 @@ class StagedHistory:
                 self._dropped_source = max(self._dropped_source, source)
                 self._dropped_target = max(self._dropped_target, target)
                 continue
-            if history.add_attestation(source, target, root) is MergeOutcome.CONFLICT:
+            # The usual record (an honest next vote) appends in O(1); the general path finds any conflict.
+            if (root is None or not history.add_attestation_if_newest(source, target, root)) and (
+                history.add_attestation(source, target, root) is MergeOutcome.CONFLICT
+            ):
                 self.slashable = True
             if window is not None and targets[0] + window + PRUNE_SLACK_EPOCHS < targets[-1]:
                 self._drop_attestations(window)
@@ -742,7 +747,9 @@ class StagedHistory:
         if self.window_epochs is not None:
             self._drop_blocks(self.window_epochs, 0)
             self._drop_attestations(self.window_epochs)
-        self.history.compact()
+        if self._dropped_since_settle:  # only dropping leaves much spare capacity behind
+            self._dropped_since_settle = False
+            self.history.compact()
 
     def finish(self) -> ValidatorHistory:
         """Prunes to exactly the window and turns what was dropped into floors; returns the history to merge
@@ -770,10 +777,12 @@ class StagedHistory:
         if lowest is not None and lowest + window_slots + slack_epochs * SLOTS_PER_EPOCH < self._highest_slot:
             dropped = self.history.drop_blocks_below(self._highest_slot - window_slots)
             self._dropped_slot = max(self._dropped_slot, dropped)
+            self._dropped_since_settle = True
 
     def _drop_attestations(self, window_epochs: int) -> None:
         targets = self.history.targets
-        if targets:
+        if targets and targets[0] < targets[-1] - window_epochs:
             source, target = self.history.drop_attestations_below(targets[-1] - window_epochs)
             self._dropped_source = max(self._dropped_source, source)
             self._dropped_target = max(self._dropped_target, target)
+            self._dropped_since_settle = True

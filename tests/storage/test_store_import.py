@@ -6,6 +6,7 @@ not the document.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import struct
@@ -21,7 +22,7 @@ from sidecar.rules import Reason
 from sidecar.storage import FileOps, read_records
 from sidecar.storage import state_codec as codec
 from sidecar.storage.framing import encode_record, encode_segment_header
-from sidecar.store import Store, StoreOptions, Strategy
+from sidecar.store import Store, StoreOptions, Strategy, bulk_loading, stage_import
 from sidecar.verify import verify_data_dir
 
 GENESIS = bytes(range(32))
@@ -324,3 +325,55 @@ def test_a_key_over_what_one_import_record_holds_is_refused_while_reading() -> N
         for item in stream_interchange_parts(io.BytesIO(source)):
             if isinstance(item, (ValidatorRecordsPart, ValidatorEntryEnd)):
                 staging.add(item)
+
+
+# ------------------------------------------------------------------ staging without a store
+
+
+def test_a_document_staged_before_the_store_exists_imports_like_a_direct_import(tmp_path: Path) -> None:
+    source = document([(KEY, [(5, ROOT_A)], [(1, 2, ROOT_A)]), (OTHER, [(7, None)], [(2, 3, None)])])
+    options = StoreOptions(history_window_epochs=WINDOW)
+    staged = stage_import(io.BytesIO(source), options)
+    assert staged.genesis_validators_root == GENESIS
+    created = Store.open_or_create(tmp_path / "staged", staged.genesis_validators_root, options)
+    direct = Store.open_or_create(tmp_path / "direct", GENESIS, options)
+    try:
+        assert (
+            created.import_staged(staged).imported == direct.import_interchange(io.BytesIO(source)).imported == 2
+        )
+        exported = [io.BytesIO(), io.BytesIO()]
+        created.export_interchange(exported[0])
+        direct.export_interchange(exported[1])
+        assert exported[0].getvalue() == exported[1].getvalue()
+    finally:
+        created.close()
+        direct.close()
+
+
+def test_a_staged_document_is_refused_for_another_root_or_other_options(tmp_path: Path) -> None:
+    source = document([(KEY, [(5, ROOT_A)], [(1, 2, ROOT_A)])])
+    with pytest.raises(GenesisRootMismatchError, match="differs from the expected"):
+        stage_import(io.BytesIO(source), StoreOptions(), genesis_validators_root=bytes(32))
+    store = Store.open_or_create(tmp_path / "data", GENESIS, StoreOptions(history_window_epochs=WINDOW))
+    try:
+        with pytest.raises(ValueError, match="another history window"):
+            store.import_staged(stage_import(io.BytesIO(source), StoreOptions(history_window_epochs=WINDOW + 1)))
+        other_root = document([(KEY, [(5, ROOT_A)], [(1, 2, ROOT_A)])], genesis=bytes(32))
+        with pytest.raises(GenesisRootMismatchError, match="this database's"):
+            store.import_staged(stage_import(io.BytesIO(other_root), StoreOptions(history_window_epochs=WINDOW)))
+        assert store.validator_count == 0
+    finally:
+        store.close()
+
+
+def test_bulk_loading_suspends_the_cycle_collector_until_the_outermost_use_ends() -> None:
+    assert gc.isenabled()
+    with bulk_loading():
+        assert not gc.isenabled()
+        with bulk_loading():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), bulk_loading():
+        raise RuntimeError("a failed load")
+    assert gc.isenabled()
