@@ -330,6 +330,15 @@ class ValidatorHistory:
             return MergeOutcome.CONFLICT
         return MergeOutcome.ADDED
 
+    def is_next_honest_vote(self, source_epoch: int, target_epoch: int) -> bool:
+        """Whether the vote is the kind an honest history grows by: a target above every recorded target and
+        the target floor, a source at or above every recorded source and the source floor, and not above its
+        target. Such a vote conflicts with nothing recorded and is within every bound (the rules' fast path)."""
+        targets = self.targets
+        if targets and (target_epoch <= targets[-1] or source_epoch < self._prefix_max_source[-1]):
+            return False
+        return self.source_epoch_floor <= source_epoch <= target_epoch and target_epoch > self.target_epoch_floor
+
     def add_attestation_if_newest(self, source_epoch: int, target_epoch: int, signing_root: bytes) -> bool:
         """`add_attestation` for the one kind of vote an honest history grows by, in O(1); False, changing
         nothing, for any other (the caller then uses `add_attestation`).
@@ -339,17 +348,11 @@ class ValidatorHistory:
         such a vote (ADDED) and leaves every earlier index entry as it was: the suffix minimum before it is at
         most the previous last source, which is at most this source. Replay of the log is nearly all this case.
         """
-        targets = self.targets
-        prefix = self._prefix_max_source
-        if targets and (target_epoch <= targets[-1] or source_epoch < prefix[-1]):
+        if not self.is_next_honest_vote(source_epoch, target_epoch):
             return False
-        if source_epoch > target_epoch or source_epoch < self.source_epoch_floor:
-            return False
-        if target_epoch <= self.target_epoch_floor:
-            return False
-        targets.append(target_epoch)
+        self.targets.append(target_epoch)
         self.sources.append(source_epoch)
-        prefix.append(source_epoch)
+        self._prefix_max_source.append(source_epoch)
         self._suffix_min_source.append(source_epoch)
         self._roots += signing_root
         self._root_known.append(1)

@@ -122,6 +122,8 @@ def check_attestation(
     """
     if history is None:
         return NOT_REGISTERED
+    if history.is_next_honest_vote(source_epoch, target_epoch):
+        return ALLOWED_NEW  # the usual vote: every check below would pass (see the method)
     if source_epoch > target_epoch:
         return Decision(
             Reason.SOURCE_EPOCH_GREATER_THAN_TARGET_EPOCH,
