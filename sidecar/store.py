@@ -907,26 +907,31 @@ def _apply_attestation(
 
 @contextlib.contextmanager
 def bulk_loading() -> Iterator[None]:
-    """Suspends the cyclic garbage collector while building a large state (recovery, an import): its passes scan
-    every container created so far, which makes building 100,000 histories about 40% slower, and the objects
-    built hold no cycles (refcounting frees them). Process-wide, so nested and concurrent uses only re-enable it
-    when the last one ends."""
+    """Spaces out the cyclic garbage collector's passes while a large state is built (recovery, an import): each
+    pass scans every container created since the last, which made building 100,000 histories about 40% slower,
+    and the objects built hold no cycles. Not switched off: its full passes also hand freed memory back (free
+    lists), and without them a 1 GB import peaked 50% higher. Process-wide, so nested and concurrent uses
+    restore the thresholds only when the last one ends."""
     global _bulk_loads
     with _bulk_lock:
         _bulk_loads += 1
         if _bulk_loads == 1:
-            gc.disable()
+            _saved_thresholds[:] = gc.get_threshold()
+            gc.set_threshold(BULK_GC_THRESHOLD, 10, 10)
     try:
         yield
     finally:
         with _bulk_lock:
             _bulk_loads -= 1
             if _bulk_loads == 0:
-                gc.enable()
+                gc.set_threshold(*_saved_thresholds)
 
 
+# Allocations between the collector's youngest-generation passes while bulk loading (the default is 700).
+BULK_GC_THRESHOLD = 100_000
 _bulk_lock = threading.Lock()
 _bulk_loads = 0
+_saved_thresholds: list[int] = []
 
 
 class StagedImport(NamedTuple):

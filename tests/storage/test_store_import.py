@@ -22,7 +22,7 @@ from sidecar.rules import Reason
 from sidecar.storage import FileOps, read_records
 from sidecar.storage import state_codec as codec
 from sidecar.storage.framing import encode_record, encode_segment_header
-from sidecar.store import Store, StoreOptions, Strategy, bulk_loading, stage_import
+from sidecar.store import BULK_GC_THRESHOLD, Store, StoreOptions, Strategy, bulk_loading, stage_import
 from sidecar.verify import verify_data_dir
 
 GENESIS = bytes(range(32))
@@ -366,14 +366,16 @@ def test_a_staged_document_is_refused_for_another_root_or_other_options(tmp_path
         store.close()
 
 
-def test_bulk_loading_suspends_the_cycle_collector_until_the_outermost_use_ends() -> None:
-    assert gc.isenabled()
+def test_bulk_loading_spaces_out_the_cycle_collector_until_the_outermost_use_ends() -> None:
+    before = gc.get_threshold()
+    assert before[0] < BULK_GC_THRESHOLD
     with bulk_loading():
-        assert not gc.isenabled()
+        assert gc.get_threshold()[0] == BULK_GC_THRESHOLD
         with bulk_loading():
-            assert not gc.isenabled()
-        assert not gc.isenabled()
-    assert gc.isenabled()
+            assert gc.get_threshold()[0] == BULK_GC_THRESHOLD
+        assert gc.get_threshold()[0] == BULK_GC_THRESHOLD
+    assert gc.get_threshold() == before
     with pytest.raises(RuntimeError), bulk_loading():
         raise RuntimeError("a failed load")
+    assert gc.get_threshold() == before
     assert gc.isenabled()
