@@ -252,17 +252,35 @@ def _resident_kib(code: str) -> int:
     return int(done.stdout.split()[-1])
 
 
-def _peak_resident_kib(command: list[str]) -> tuple[int, float]:
-    """Runs `command` to the end; returns its own peak resident set in KiB (ru_maxrss of that child alone, from
-    wait4) and its wall time."""
+# Runs the sidecar's CLI in this interpreter and, at exit, reports the peak resident set of this process alone.
+# Not wait4's ru_maxrss: Linux counts in it the parent's resident set at fork time (the child starts as a copy of
+# the harness, which holds hundreds of MiB by the end of a full run), and that hid the import's own peak.
+_CLI_REPORTING_PEAK = (
+    "import atexit, sys\n"
+    "def report():\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    sys.stderr.write('peak-resident-kib ' + status.split('VmHWM:')[1].split()[0] + '\\n')\n"
+    "atexit.register(report)\n"
+    "from sidecar.cli import main\n"
+    "sys.argv = ['slashing-sidecar', *sys.argv[1:]]\n"
+    "sys.exit(main())\n"
+)
+
+
+def _peak_resident_kib(cli_args: list[str]) -> tuple[int, float]:
+    """Runs `slashing-sidecar CLI_ARGS` to the end; returns its peak resident set in KiB (VmHWM, which starts
+    afresh at exec) and its wall time."""
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {stderr.strip()[-500:]}")
-    return usage.ru_maxrss, time.monotonic() - started
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI_REPORTING_PEAK, *cli_args], capture_output=True, text=True, check=False
+    )
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"slashing-sidecar {' '.join(cli_args)} exited {done.returncode}: {done.stderr[-500:]}")
+    peak = re.search(r"^peak-resident-kib (\d+)$", done.stderr, re.MULTILINE)
+    if peak is None:
+        raise RuntimeError(f"slashing-sidecar {' '.join(cli_args)} did not report its peak: {done.stderr[-500:]}")
+    return int(peak.group(1)), seconds
 
 
 def measure_import_memory(sizes: Sizes, work: Path) -> tuple[str, str, str, str]:
@@ -286,7 +304,7 @@ def measure_import_memory(sizes: Sizes, work: Path) -> tuple[str, str, str, str]
     cli = [sys.executable, "-m", "sidecar", "import"]
     subprocess.run([*cli, str(empty), "--data-dir", str(data_dir)], capture_output=True, check=True)
     print(f"importing {file_bytes / 1e9:.2f} GB offline ...", flush=True)
-    peak, seconds = _peak_resident_kib([*cli, str(path), "--data-dir", str(data_dir)])
+    peak, seconds = _peak_resident_kib(["import", str(path), "--data-dir", str(data_dir)])
     path.unlink()
     bare = _resident_kib("import sidecar.cli, sidecar.store")
     holding = _resident_kib(
