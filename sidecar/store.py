@@ -384,11 +384,17 @@ class Store:
                 elif record_type == codec.IMPORT_COMMIT:
                     # Its records are the last `count` import records; any before are a crashed import's.
                     count = codec.decode_import_commit(payload)
-                    if count <= len(pending_import):
-                        for import_sequence, imported in pending_import[len(pending_import) - count :]:
-                            self._apply_import_locked(
-                                imported.pubkey, imported.minimal, imported.history, sequence, import_sequence
-                            )
+                    if count > len(pending_import):
+                        # Checkpoints wait for an import to commit, so its records are all in the tail: a commit
+                        # for more is damage, and applying part of an acknowledged import would be unsafe.
+                        raise DataDirError(
+                            f"log record {sequence}: import commit for {count} validators follows only "
+                            f"{len(pending_import)} import records"
+                        )
+                    for import_sequence, imported in pending_import[len(pending_import) - count :]:
+                        self._apply_import_locked(
+                            imported.pubkey, imported.minimal, imported.history, sequence, import_sequence
+                        )
                     pending_import = []
                 else:
                     # Decisions and registrations may come between an import's records and its commit; they do

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from interchange import ValidatorEntryEnd, ValidatorRecordsPart, stream_interchange_parts
-from sidecar.errors import GenesisRootMismatchError, ImportRefusedError
+from sidecar.errors import DataDirError, GenesisRootMismatchError, ImportRefusedError
 from sidecar.history import PRUNE_SLACK_EPOCHS, SLOTS_PER_EPOCH, ValidatorHistory
 from sidecar.import_staging import DocumentStaging
 from sidecar.rules import Reason
@@ -188,6 +188,21 @@ def test_a_commit_applies_its_own_records_not_the_remains_of_a_crashed_import(tm
     assert store.summary(OTHER) is None
     assert block(store, 5, ROOT_A) is Reason.ALLOWED_REPEAT
     store.close()
+
+
+def test_a_commit_for_more_records_than_the_log_holds_refuses_to_start(tmp_path: Path) -> None:
+    """Checkpoints wait for imports to commit, so a commit whose records are not all in the log is damage: refuse
+    to start rather than apply part of an acknowledged import."""
+    write_v01_log(
+        tmp_path,
+        [
+            (codec.IMPORT_VALIDATOR, v01_import_payload(KEY, [(5, ROOT_A)], [])),
+            (codec.IMPORT_COMMIT, struct.pack("<I", 2)),
+        ],
+    )
+
+    with pytest.raises(DataDirError, match="log record 2: import commit for 2 validators follows only 1"):
+        open_store(tmp_path)
 
 
 def test_decisions_between_an_imports_records_and_its_commit_do_not_end_it(tmp_path: Path) -> None:
