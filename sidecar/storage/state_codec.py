@@ -333,26 +333,40 @@ def decode_import_pruned_validator(payload: bytes) -> ImportedValidator:
         previous_slot = slot
         history.add_block(slot, bytes(root) if known else None)
     offset += block_count * _BLOCK_ENTRY.size
-    width = attestation_count * 8
+    _load_attestation_columns(history, view, offset, attestation_count, f"import record of 0x{pubkey.hex()}")
+    targets, sources = history.targets, history.sources
+    for i in range(1, attestation_count):
+        if targets[i - 1] == targets[i] and sources[i - 1] == sources[i]:
+            raise CodecError(f"import record of 0x{pubkey.hex()}: attestation ({sources[i]}, {targets[i]}) twice")
+    _raise_floors_from(history, floors, slot_floor, source_floor, target_floor)
+    return ImportedValidator(bool(minimal), pubkey, history)
+
+
+def _load_attestation_columns(
+    history: ValidatorHistory, view: memoryview, offset: int, count: int, whose: str
+) -> int:
+    """Loads `count` attestations stored as columns at `offset` (targets:u64[n] sources:u64[n] root_known:u8[n]
+    roots:32[n], as import records and checkpoints hold them) into `history`; returns the offset after them.
+    The caller has checked that the bytes are there."""
+    width = count * 8
     targets = array("Q")
     targets.frombytes(view[offset : offset + width])
+    offset += width
     sources = array("Q")
-    sources.frombytes(view[offset + width : offset + 2 * width])
-    offset += 2 * width
-    known_flags = bytearray(view[offset : offset + attestation_count])
-    roots = bytearray(view[offset + attestation_count :])
+    sources.frombytes(view[offset : offset + width])
+    offset += width
+    known_flags = bytearray(view[offset : offset + count])
+    offset += count
+    roots = bytearray(view[offset : offset + count * ROOT_SIZE])
+    offset += count * ROOT_SIZE
     if _NEEDS_BYTESWAP:
         targets.byteswap()
         sources.byteswap()
     try:
         history.load_attestation_arrays(targets, sources, roots, known_flags)
     except ValueError as error:
-        raise CodecError(f"import record of 0x{pubkey.hex()}: {error}") from error
-    for i in range(1, attestation_count):
-        if targets[i - 1] == targets[i] and sources[i - 1] == sources[i]:
-            raise CodecError(f"import record of 0x{pubkey.hex()}: attestation ({sources[i]}, {targets[i]}) twice")
-    _raise_floors_from(history, floors, slot_floor, source_floor, target_floor)
-    return ImportedValidator(bool(minimal), pubkey, history)
+        raise CodecError(f"{whose}: {error}") from error
+    return offset
 
 
 def encode_import_commit(validators: int) -> bytes:
@@ -489,24 +503,9 @@ def decode_checkpoint_body(body: bytes) -> Iterator[CheckpointValidator]:
             if offset + attestation_count * _ATTESTATION_ARRAYS_ENTRY_SIZE > body_length:
                 # Checked before slicing: a short slice of the targets would fail in array.frombytes instead.
                 raise CodecError("checkpoint body truncated inside a validator")
-            width = attestation_count * 8
-            targets = array("Q")
-            targets.frombytes(view[offset : offset + width])
-            offset += width
-            sources = array("Q")
-            sources.frombytes(view[offset : offset + width])
-            offset += width
-            known_flags = bytearray(view[offset : offset + attestation_count])
-            offset += attestation_count
-            roots = bytearray(view[offset : offset + attestation_count * ROOT_SIZE])
-            offset += attestation_count * ROOT_SIZE
-            if _NEEDS_BYTESWAP:
-                targets.byteswap()
-                sources.byteswap()
-            try:
-                history.load_attestation_arrays(targets, sources, roots, known_flags)
-            except ValueError as error:
-                raise CodecError(f"validator 0x{pubkey.hex()}: {error}") from error
+            offset = _load_attestation_columns(
+                history, view, offset, attestation_count, f"validator 0x{pubkey.hex()}"
+            )
             if last_type not in last_types:
                 raise CodecError(f"unknown last decision type {last_type}")
             yield CheckpointValidator(pubkey, history)
