@@ -396,9 +396,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
             else:
                 self._tally["attestation", decision.reason] += 1
                 _log_refusal("attestation", pubkey, f"source {source}, target {target}", decision)
-                item.verdict = _VERDICT_ALLOWED if decision.allowed else _VERDICT_REFUSED
-                item.reason = _proto_reason(decision.reason)
-                item.message = decision.message
+                item.CopyFrom(_signing_decision(decision, sequence))
             item.sequence = sequence
         if allowed_new:
             self._tally["attestation", Reason.ALLOWED_NEW] += allowed_new

@@ -552,26 +552,23 @@ class Store:
         """Applies one validator of an import: live right after its records are appended, and at replay of its
         commit, identically. `imported` is the staged history (StagedHistory.finish, or its log record)."""
         history = self._validators.get(pubkey)
+        existed = history is not None and bool(history.blocks or history.targets)
         if history is None:
             # A new key takes the staged history itself: what absorbing it into an empty history gives (see
-            # ValidatorHistory.absorb), without building one.
-            self._validators[pubkey] = imported
-            if minimal:
-                imported.minify()
-            if self._window is not None:
-                imported.prune(self._window, slack_epochs=0)
-            imported.applied_sequence = max(commit_sequence, record_sequence)
-            return ImportStatus.IMPORTED
-        existed = bool(history.blocks or history.targets)
-        if history.applied_sequence >= commit_sequence:
+            # ValidatorHistory.absorb), without building one. Its status is IMPORTED whatever follows.
+            self._validators[pubkey] = history = imported
+            outcome = MergeOutcome.ADDED
+            before = None
+        elif history.applied_sequence >= commit_sequence:
             return ImportStatus.UNCHANGED  # replay over a checkpoint that already holds this import
-        before = history.fingerprint() if minimal else None
-        outcome = history.absorb(imported)
+        else:
+            before = history.fingerprint() if minimal else None
+            outcome = history.absorb(imported)
         changed = outcome is not MergeOutcome.UNCHANGED
         if minimal:
             history.minify()
             # Minifying can change a history that every imported record already matched.
-            changed = history.fingerprint() != before
+            changed = before is None or history.fingerprint() != before
         if self._window is not None:
             # Exactly to the window, without the decisions' slack: the staging pruned the document the same way,
             # and together they give what pruning the whole document once would (see StagedHistory).
@@ -685,8 +682,7 @@ class Store:
     def import_staged(self, staged_import: StagedImport) -> ImportResult:
         """Applies a document read by `stage_import` (with this store's options), all or nothing, and waits until
         it is durable."""
-        if staged_import.genesis_validators_root != self.genesis_validators_root:
-            self._check_import_root(staged_import.genesis_validators_root)
+        _check_import_root(staged_import.genesis_validators_root, self.genesis_validators_root, "this database's")
         if staged_import.window_epochs != self._window or staged_import.strategy is not self.options.strategy:
             raise ValueError("the document was staged for another history window or strategy")
         minimal = self.options.strategy is Strategy.MINIMAL
@@ -726,9 +722,6 @@ class Store:
         result.sequence = last
         self.log.wait_durable(last)
         return result
-
-    def _check_import_root(self, genesis_validators_root: bytes) -> None:
-        _check_import_root(genesis_validators_root, self.genesis_validators_root, "this database's")
 
     def export_interchange(
         self, out: BinaryIO, pubkeys: list[bytes] | None = None, progress: Callable[[int], None] | None = None
