@@ -17,8 +17,25 @@ In a history the rules built, sources never decrease along targets (a decrease *
 touch O(1) index entries. Imported data in the complete strategy may be slashable (two votes at one target, a
 surround); it is kept as it is, which only ever refuses more, and the indexes stay exact.
 
-Floors are lower bounds raised by pruning, repair or nothing at all (their defaults refuse nothing): a block needs
-slot > `slot_floor`; an attestation needs source >= `source_epoch_floor` and target > `target_epoch_floor`.
+Floors are lower bounds (their defaults refuse nothing): a block needs slot > `slot_floor`; an attestation needs
+source >= `source_epoch_floor` and target > `target_epoch_floor`. A repeat of a recorded message with a known root
+is allowed whatever the floors (the rules look for it first). Floors only ever rise, and four things raise them:
+
+* **every import, to that document's own minima for the key** (EIP-3076 conditions 2, 4 and 5 apply per imported
+  file: after importing a file, refuse slot <= its lowest block slot, source < its lowest source epoch and target
+  <= its lowest target epoch). The minima of the merged history are not enough: two files leave a gap between the
+  older file's records and the newer file's lowest ones, where the key may have signed on the client that
+  exported the newer file and then pruned it ("Advice for Complete Databases": an area of unknown signing
+  activity). `StagedHistory.finish` computes the floors, the import's log record carries them, `absorb` raises
+  them, checkpoints keep them and exports encode them as records;
+* pruning, to the highest slot, source and target it dropped (below);
+* `minify` (the minimal strategy), to the records it keeps;
+* `repair`, to the bounds the operator gives.
+
+Records below a floor are kept (until pruning drops them): they still make repeats of known roots allowed, which
+is safe (an identical message adds no slashable evidence), and they stay in exports and the audit trail. A record
+*added* at or below a floor keeps no root: the floor may stand for records no longer held, and a known root would
+let a repeat through that conflicts with one of them.
 
 Pruning (see `prune`) drops records older than a window and raises the floors to the highest pruned slot, source
 and target. That only ever adds refusals: a candidate that passes the raised floors has source >= every pruned
@@ -58,14 +75,19 @@ SOURCE_FLOOR_NONE = 0  # source floor: refuse source < floor
 # per PRUNE_SLACK_EPOCHS appends rather than on every one.
 PRUNE_SLACK_EPOCHS = 16
 SLOTS_PER_EPOCH = 32
+# Above every u64: the minimum of no record at all.
+_NO_MINIMUM = 1 << 64
 
 
 class MergeOutcome(enum.IntEnum):
     """What adding one record to a history did."""
 
     UNCHANGED = 0  # the identical record was already there
-    ADDED = 1  # a new record, conflicting with nothing
-    CONFLICT = 2  # recorded, but slashable against history (double proposal/vote, surround) or below the floors
+    ADDED = 1  # the history changed (a new record, or a root that became unknown), with no slashable evidence
+    # Recorded, and provably slashable against the history: a double proposal or double vote (two known, different
+    # roots, or two sources at one target), a surround, or source above target. A record merely below a floor, or
+    # one whose copy without a root made a known root unknown, is not evidence of a slashing and is ADDED.
+    CONFLICT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +162,10 @@ class ValidatorHistory:
         if self.targets and self.targets[0] > bound:
             bound = self.targets[0]
         return None if bound == EPOCH_FLOOR_NONE else bound
+
+    def lower_bounds(self) -> tuple[int | None, int | None, int | None]:
+        """(slot, source epoch, target epoch) lower bounds, as the three methods above give them."""
+        return self.slot_lower_bound(), self.source_epoch_lower_bound(), self.target_epoch_lower_bound()
 
     def attestations_at_target(self, target_epoch: int) -> list[tuple[int, bytes | None]]:
         """(source epoch, signing root) of every recorded attestation with this target epoch."""
@@ -276,49 +302,46 @@ class ValidatorHistory:
                 # Already unknown: nothing at this slot can be signed again, whatever we add.
                 return MergeOutcome.UNCHANGED
             blocks[slot] = None
-            return MergeOutcome.CONFLICT
-        below_floor = slot <= self.slot_floor
-        # A record at or below the floor keeps no root: the floor already refuses its slot, and a known root
+            # Two known roots at one slot are a double proposal; a copy without a root only hides which it was.
+            return MergeOutcome.ADDED if signing_root is None else MergeOutcome.CONFLICT
+        # A record added at or below the floor keeps no root: the floor already refuses its slot, and a known root
         # would make a repeat of it allowed, which the pruned or minified history it stands in for may not.
-        blocks[slot] = None if below_floor else signing_root
+        blocks[slot] = None if slot <= self.slot_floor else signing_root
         if self._lowest_slot is None or slot < self._lowest_slot:
             self._lowest_slot = slot
-        return MergeOutcome.CONFLICT if below_floor else MergeOutcome.ADDED
+        return MergeOutcome.ADDED
 
     def add_attestation(self, source_epoch: int, target_epoch: int, signing_root: bytes | None) -> MergeOutcome:
         """Records an attestation, keeping the indexes exact.
 
-        An identical record (same source, target and known root) changes nothing. A record at a recorded target
-        with the same source but another or unknown root makes that entry's root unknown. A record at a recorded
-        target with another source is kept beside it, so every later vote at that target is a double vote.
+        An identical record (same source, target and known root) changes nothing, at or below the floors too.
+        A record at a recorded (source, target) with another or unknown root makes that entry's root unknown. A
+        record at a recorded target with another source is kept beside it, so every later vote at that target is
+        a double vote. A new record at or below the floors keeps no root (see the module doc).
         """
-        below_floors = source_epoch < self.source_epoch_floor or target_epoch <= self.target_epoch_floor
-        if below_floors:
-            # As for blocks: the floors refuse it anyway, and a known root would let a repeat through.
-            signing_root = None
         targets = self.targets
         n = len(targets)
         if n == 0 or target_epoch > targets[-1]:
-            self._append_attestation(source_epoch, target_epoch, signing_root)
-            return (
-                MergeOutcome.CONFLICT
-                if source_epoch > target_epoch
-                else self._bound_outcome(source_epoch, target_epoch, n)
-            )
+            root = self._root_above_floors(source_epoch, target_epoch, signing_root)
+            self._append_attestation(source_epoch, target_epoch, root)
+            if source_epoch > target_epoch or (n and self._prefix_max_source[n - 1] > source_epoch):
+                # Source above target, or (target above all others) surrounding an earlier vote.
+                return MergeOutcome.CONFLICT
+            return MergeOutcome.ADDED
         lo = bisect_left(targets, target_epoch)
         hi = bisect_right(targets, target_epoch, lo)
         for i in range(lo, hi):
             if self.sources[i] == source_epoch:
-                known = self._root_known[i]
-                if known and signing_root is not None and self._root_at(i) == signing_root:
+                if not self._root_known[i]:
                     return MergeOutcome.UNCHANGED
-                if not known:
+                if signing_root is not None and self._root_at(i) == signing_root:
                     return MergeOutcome.UNCHANGED
                 self._root_known[i] = 0
-                return MergeOutcome.CONFLICT
+                # As for blocks: two known roots are a double vote, a copy without a root is not evidence.
+                return MergeOutcome.ADDED if signing_root is None else MergeOutcome.CONFLICT
+        signing_root = self._root_above_floors(source_epoch, target_epoch, signing_root)
         conflict = (
             hi > lo
-            or below_floors
             or source_epoch > target_epoch
             or self.recorded_vote_surrounded_by(source_epoch, target_epoch) is not None
             or self.recorded_vote_surrounding(source_epoch, target_epoch) is not None
@@ -358,13 +381,11 @@ class ValidatorHistory:
         self._root_known.append(1)
         return True
 
-    def _bound_outcome(self, source_epoch: int, target_epoch: int, previous_count: int) -> MergeOutcome:
-        # An appended vote (target above all others) is slashable only by surrounding an earlier one.
-        if previous_count and self._prefix_max_source[previous_count - 1] > source_epoch:
-            return MergeOutcome.CONFLICT
+    def _root_above_floors(self, source_epoch: int, target_epoch: int, signing_root: bytes | None) -> bytes | None:
+        """The root a new record keeps: none at or below the floors (see the module doc)."""
         if source_epoch < self.source_epoch_floor or target_epoch <= self.target_epoch_floor:
-            return MergeOutcome.CONFLICT
-        return MergeOutcome.ADDED
+            return None
+        return signing_root
 
     def _append_attestation(self, source_epoch: int, target_epoch: int, signing_root: bytes | None) -> None:
         prefix = self._prefix_max_source
@@ -444,14 +465,11 @@ class ValidatorHistory:
                     imported.sources[index], imported.targets[index], imported._root_at(index)
                 )
                 outcome = max(outcome, added)
-        floors = (self.slot_floor, self.source_epoch_floor, self.target_epoch_floor)
+        bounds = self.lower_bounds()
         self.raise_floors(imported.slot_floor, imported.source_epoch_floor, imported.target_epoch_floor)
-        if outcome is MergeOutcome.UNCHANGED and floors != (
-            self.slot_floor,
-            self.source_epoch_floor,
-            self.target_epoch_floor,
-        ):
-            outcome = MergeOutcome.ADDED
+        if bounds != self.lower_bounds():
+            # Floors that only restate what the records already bound (a re-import) change no decision.
+            outcome = max(outcome, MergeOutcome.ADDED)
         return MergeOutcome(outcome)
 
     def compact(self) -> None:
@@ -566,39 +584,54 @@ class ValidatorHistory:
     def export_blocks(self) -> list[tuple[int, bytes | None]]:
         """Blocks for an EIP-3076 export, sorted by slot, carrying the slot floor.
 
-        Records at or below the floor are replaced by one block at the floor with an unknown root, so that an
-        importer derives a lower bound at least as high as ours.
+        Records below the floor are dropped and the lowest exported block stands at the floor (the record there,
+        with its root, or one with an unknown root), so that an importer derives exactly our lower bound and
+        allows exactly our repeats. A record kept at the floor keeps its root: an import's floor is its lowest
+        record, which re-imports must still see as a repeat.
         """
         floor = self.slot_floor
         if floor == SLOT_FLOOR_NONE or (self._lowest_slot is not None and self._lowest_slot > floor):
             return sorted(self.blocks.items())
-        kept = sorted((slot, root) for slot, root in self.blocks.items() if slot > floor)
-        return kept if kept else [(floor, None)]
+        kept = sorted((slot, root) for slot, root in self.blocks.items() if slot >= floor)
+        return kept if kept and kept[0][0] == floor else [(floor, None), *kept]
 
     def export_attestations(self) -> tuple[list[ExportedAttestation], bool]:
         """Attestations for an EIP-3076 export, and whether they had to be minified to carry the floors.
 
         EIP-3076 has no field for a floor: an importer derives its bounds from the records. Records at or below
-        both floors protect nothing beyond them and are dropped; if the rest all lie above both floors, the
-        importer's bounds equal ours. Otherwise (a record older than one floor but not the other) the only safe
-        encoding is one attestation at the highest source and target with an unknown root.
+        both floors protect nothing beyond them and are dropped. The rest are kept if they lie at or above both
+        floors (at the target floor only when alone at that target, as an import's lowest vote is: a second vote
+        there makes every vote at it a double vote, which the importer would not see), led by one vote at the
+        floors with an unknown root unless a kept vote stands at the target floor; the importer's bounds then
+        equal ours. Otherwise (a record older than one floor but not the other) the only safe encoding is one
+        attestation at the highest source and target with an unknown root.
         """
         source_floor = self.source_epoch_floor
         target_floor = self.target_epoch_floor
         records = self.attestations()
         if source_floor == SOURCE_FLOOR_NONE and target_floor == EPOCH_FLOOR_NONE:
             return records, False
+        alone_at_floor = len(self.attestations_at_target(target_floor)) == 1
         kept = []
         for record in records:
-            if record.target_epoch > target_floor and record.source_epoch >= source_floor:
+            if record.source_epoch >= source_floor and (
+                record.target_epoch > target_floor or (record.target_epoch == target_floor and alone_at_floor)
+            ):
                 kept.append(record)
             elif not (record.target_epoch <= target_floor and record.source_epoch <= source_floor):
                 highest_source = max(source_floor, self._prefix_max_source[-1])
                 highest_target = max(target_floor, self.targets[-1])
                 return [ExportedAttestation(highest_source, highest_target, None)], True
-        if kept:
+        if kept and (
+            kept[0].target_epoch == target_floor
+            # The vote at the floors would lower a bound that a record sets above its floor, or cannot exist:
+            # without it the importer's bounds are ours or a little higher.
+            or self.targets[0] > target_floor
+            or self._suffix_min_source[0] > source_floor
+            or source_floor > target_floor
+        ):
             return kept, False
-        return [ExportedAttestation(max(source_floor, 0), max(target_floor, 0), None)], False
+        return [ExportedAttestation(max(source_floor, 0), max(target_floor, 0), None), *kept], False
 
 
 class StagedHistory:
@@ -619,6 +652,12 @@ class StagedHistory:
     * the dropped maxima become floors only at `finish`. As floors during staging they would clear the roots of
       kept records below them (`add_*` does that below floors), which pruning once does not.
 
+    `finish` also raises the floors to the document's own minima for the key (lowest slot, source and target of
+    every record it held, dropped ones included): EIP-3076's conditions hold per imported file (see the module
+    doc). Those floors are at or below every record of the document, so they clear no root of it, and where
+    something was dropped the dropped maxima are at least as high. Either way the floors are part of what
+    `finish` returns, so the import's log record carries them and every merge raises them.
+
     The "minimal" strategy keeps only the highest slot, source and target (all `minify` keeps), without roots.
     """
 
@@ -633,6 +672,9 @@ class StagedHistory:
         "_highest_slot",
         "_highest_source",
         "_highest_target",
+        "_lowest_slot",
+        "_lowest_source",
+        "_lowest_target",
         "_roots_seen",
         "history",
         "minimal",
@@ -655,6 +697,10 @@ class StagedHistory:
         self._highest_slot = SLOT_FLOOR_NONE
         self._highest_source = -1
         self._highest_target = -1
+        # The document's minima for this key (complete strategy), over every record staged, dropped or kept.
+        self._lowest_slot = _NO_MINIMUM
+        self._lowest_source = _NO_MINIMUM
+        self._lowest_target = _NO_MINIMUM
         self._blocks_seen = 0
         self._attestations_seen = 0
         self._roots_seen = False
@@ -676,12 +722,15 @@ class StagedHistory:
         assert not self._finished, "staged history used after finish"
         history = self.history
         window = None if self.minimal else self.window_epochs
+        lowest_slot = self._lowest_slot
         for slot, root in blocks:
             self._blocks_seen += 1
             if self.minimal:
                 self._roots_seen = self._roots_seen or root is not None
                 self._highest_slot = max(self._highest_slot, slot)
                 continue
+            if slot < lowest_slot:
+                lowest_slot = self._lowest_slot = slot
             if window is not None and slot < self._highest_slot - window * SLOTS_PER_EPOCH:
                 # Older than the window below the newest block: the final prune drops it; only its floor stays.
                 self._dropped_slot = max(self._dropped_slot, slot)
@@ -699,6 +748,8 @@ class StagedHistory:
         history = self.history
         targets = history.targets  # changed in place by add_attestation and drop_attestations_below
         window = None if self.minimal else self.window_epochs
+        lowest_source = self._lowest_source
+        lowest_target = self._lowest_target
         for source, target, root in attestations:
             self._attestations_seen += 1
             if self.minimal:
@@ -706,6 +757,10 @@ class StagedHistory:
                 self._highest_source = max(self._highest_source, source)
                 self._highest_target = max(self._highest_target, target)
                 continue
+            if source < lowest_source:
+                lowest_source = self._lowest_source = source
+            if target < lowest_target:
+                lowest_target = self._lowest_target = target
             if window is not None and targets and target < targets[-1] - window:
                 # As for blocks: the final prune drops it, and these are the floors it raises for it.
                 self._dropped_source = max(self._dropped_source, source)
@@ -739,6 +794,9 @@ class StagedHistory:
         self._dropped_slot = max(self._dropped_slot, other._dropped_slot)
         self._dropped_source = max(self._dropped_source, other._dropped_source)
         self._dropped_target = max(self._dropped_target, other._dropped_target)
+        self._lowest_slot = min(self._lowest_slot, other._lowest_slot)
+        self._lowest_source = min(self._lowest_source, other._lowest_source)
+        self._lowest_target = min(self._lowest_target, other._lowest_target)
         if not self.minimal and self.window_epochs is not None:
             self._drop_blocks(self.window_epochs, PRUNE_SLACK_EPOCHS)
 
@@ -771,6 +829,13 @@ class StagedHistory:
                 self._drop_blocks(self.window_epochs, 0)
                 self._drop_attestations(self.window_epochs)
             history.raise_floors(self._dropped_slot, self._dropped_source, self._dropped_target)
+            # EIP-3076 conditions 2, 4 and 5 for this document (see the class doc). A minimum stays "none" when
+            # the document holds no record of that kind for the key.
+            history.raise_floors(
+                self._lowest_slot if self._lowest_slot != _NO_MINIMUM else SLOT_FLOOR_NONE,
+                self._lowest_source if self._lowest_source != _NO_MINIMUM else SOURCE_FLOOR_NONE,
+                self._lowest_target if self._lowest_target != _NO_MINIMUM else EPOCH_FLOOR_NONE,
+            )
         self._finished = True
         return history
 

@@ -548,11 +548,15 @@ class Store:
         imported: ValidatorHistory,
         commit_sequence: int,
         record_sequence: int,
-    ) -> ImportStatus:
+    ) -> tuple[ImportStatus, str]:
         """Applies one validator of an import: live right after its records are appended, and at replay of its
-        commit, identically. `imported` is the staged history (StagedHistory.finish, or its log record)."""
+        commit, identically. `imported` is the staged history (StagedHistory.finish, or its log record), whose
+        floors include the document's minima (EIP-3076 conditions apply per imported file): merging raises this
+        key's floors to them whatever history it already had. Returns the key's status and, for a key that had
+        history, the floors the import raised as a sentence ("" when none rose)."""
         history = self._validators.get(pubkey)
         existed = history is not None and bool(history.blocks or history.targets)
+        floors_before = _floors_of(history) if existed and history is not None else None
         if history is None:
             # A new key takes the staged history itself: what absorbing it into an empty history gives (see
             # ValidatorHistory.absorb), without building one. Its status is IMPORTED whatever follows.
@@ -560,7 +564,7 @@ class Store:
             outcome = MergeOutcome.ADDED
             before = None
         elif history.applied_sequence >= commit_sequence:
-            return ImportStatus.UNCHANGED  # replay over a checkpoint that already holds this import
+            return ImportStatus.UNCHANGED, ""  # replay over a checkpoint that already holds this import
         else:
             before = history.fingerprint() if minimal else None
             outcome = history.absorb(imported)
@@ -574,15 +578,17 @@ class Store:
             # and together they give what pruning the whole document once would (see StagedHistory).
             history.prune(self._window, slack_epochs=0)
         history.applied_sequence = max(history.applied_sequence, commit_sequence, record_sequence)
+        raised = _raised_floors_text(floors_before, _floors_of(history)) if floors_before is not None else ""
         if outcome is MergeOutcome.CONFLICT:
-            return ImportStatus.IMPORTED_SLASHABLE_DATA
+            return ImportStatus.IMPORTED_SLASHABLE_DATA, raised
         if not changed:
-            return ImportStatus.UNCHANGED if existed else ImportStatus.IMPORTED
-        return ImportStatus.MERGED if existed else ImportStatus.IMPORTED
+            return (ImportStatus.UNCHANGED if existed else ImportStatus.IMPORTED), raised
+        return (ImportStatus.MERGED if existed else ImportStatus.IMPORTED), raised
 
     def _staged_v01_import(self, record: codec.ImportValidatorRecord) -> codec.ImportedValidator:
         """A v0.1 import record (type 4: every record of the document, no floors) as the history the live path
-        would have staged from the same records."""
+        would have staged from the same records, the document's minima as floors included (EIP-3076's conditions
+        for that file, which v0.1 did not enforce: replay now does, which only refuses more)."""
         staged = StagedHistory(self._window, record.minimal)
         staged.add_blocks(record.blocks)
         staged.add_attestations(record.attestations)
@@ -712,13 +718,15 @@ class Store:
                 for record_sequence in record_sequences:
                     # Popped as applied, so a staged history is freed once merged rather than at the end.
                     pubkey, stage = staged.popleft()
-                    status = self._apply_import_locked(pubkey, minimal, stage.history, last, record_sequence)
+                    status, raised = self._apply_import_locked(
+                        pubkey, minimal, stage.history, last, record_sequence
+                    )
                     if stage.reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
                         status = ImportStatus.MINIFIED
                     elif stage.slashable and status is ImportStatus.IMPORTED:
                         # Merging into an empty history does not look for conflicts among the records; staging did.
                         status = ImportStatus.IMPORTED_SLASHABLE_DATA
-                    _count_import(result, pubkey, status)
+                    _count_import(result, pubkey, status, raised)
         result.sequence = last
         self.log.wait_durable(last)
         return result
@@ -982,7 +990,7 @@ def _check_import_root(document_root: bytes, expected_root: bytes, whose: str) -
         )
 
 
-def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus) -> None:
+def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus, raised_floors: str = "") -> None:
     result.status_counts[status] = result.status_counts.get(status, 0) + 1
     if status is ImportStatus.IMPORTED:
         result.imported += 1
@@ -990,7 +998,10 @@ def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus) -> 
     if len(result.results) >= MAX_LISTED_IMPORT_RESULTS:
         result.results_omitted += 1
         return
-    result.results.append(ValidatorImportOutcome(pubkey, status, _IMPORT_MESSAGES[status]))
+    message = _IMPORT_MESSAGES[status]
+    result.results.append(
+        ValidatorImportOutcome(pubkey, status, f"{message}; {raised_floors}" if raised_floors else message)
+    )
 
 
 _IMPORT_MESSAGES = {
@@ -998,10 +1009,29 @@ _IMPORT_MESSAGES = {
     ImportStatus.MINIFIED: "minimal strategy: kept the highest block and attestation only",
     ImportStatus.UNCHANGED: "every record was already known; nothing changed",
     ImportStatus.IMPORTED_SLASHABLE_DATA: (
-        "the records are slashable (double or surround votes, or below recorded bounds); kept as they are, "
-        "which only refuses more"
+        "the file holds slashable data (a double proposal, a double or surround vote, or a source above its "
+        "target, within the file or against the recorded history); kept as it is, which only refuses more"
     ),
 }
+
+_BOUND_NAMES = ("slot", "source epoch", "target epoch")
+
+
+def _floors_of(history: ValidatorHistory) -> tuple[int | None, int | None, int | None]:
+    return history.lower_bounds()
+
+
+def _raised_floors_text(
+    before: tuple[int | None, int | None, int | None], after: tuple[int | None, int | None, int | None]
+) -> str:
+    """The lower bounds an import raised, as the operator reads them: "raised the lower bounds: slot 6739 (was
+    5701), ..." (a block needs a slot above it, an attestation a source at or above it and a target above it)."""
+    raised = [
+        f"{name} {new}" + ("" if old is None else f" (was {old})")
+        for name, old, new in zip(_BOUND_NAMES, before, after, strict=True)
+        if new != old
+    ]
+    return "raised the lower bounds: " + ", ".join(raised) if raised else ""
 
 
 def _open_identity(data_dir: Path, genesis_validators_root: bytes | None, fileops: FileOps) -> bytes:

@@ -484,11 +484,6 @@ def decode_checkpoint_body(body: bytes) -> Iterator[CheckpointValidator]:
             history.allowed_count = allowed
             history.refused_count = refused
             history.last_decision_sequence = last_sequence
-            history.raise_floors(
-                slot_floor if floors & 1 else SLOT_FLOOR_NONE,
-                source_floor if floors & 2 else SOURCE_FLOOR_NONE,
-                target_floor if floors & 4 else EPOCH_FLOOR_NONE,
-            )
             if last_length:
                 history.last_decision = body[offset : offset + last_length]
                 offset += last_length
@@ -498,6 +493,10 @@ def decode_checkpoint_body(body: bytes) -> Iterator[CheckpointValidator]:
                 slot, known, root = unpack_block(view, offset)
                 offset += block_size
                 history.add_block(slot, root if known else None)
+            # Floors after the records, as saved: raised first, they would clear the known root of a record at or
+            # below them (an import's lowest record sits exactly at the floor it raised), and the reopened state
+            # would refuse a repeat the live one allowed.
+            _raise_floors_from(history, floors, slot_floor, source_floor, target_floor)
             (attestation_count,) = unpack_u32(view, offset)
             offset += 4
             if offset + attestation_count * _ATTESTATION_ARRAYS_ENTRY_SIZE > body_length:

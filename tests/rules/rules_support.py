@@ -46,14 +46,13 @@ def build_history(recorded: Recorded, floors_after: int = 0) -> ValidatorHistory
 
 def as_stored(recorded: Recorded, floors_after: int = 0) -> Recorded:
     """`recorded` as `build_history` stores it: an attestation added once the floors are up, at or below them,
-    keeps no signing root (the floors refuse it anyway, and a known root would make its repeat allowed)."""
+    keeps no signing root (the floors refuse it anyway, and a known root would make its repeat allowed), unless
+    it is the very message already stored with that root, which it leaves as it is."""
     floors = recorded.floors
-    attestations = [
-        Attestation(a.source, a.target, None)
-        if index >= floors_after and (a.source < floors.source or a.target <= floors.target)
-        else a
-        for index, a in enumerate(recorded.attestations)
-    ]
+    attestations: list[Attestation] = []
+    for index, a in enumerate(recorded.attestations):
+        below = index >= floors_after and (a.source < floors.source or a.target <= floors.target)
+        attestations.append(Attestation(a.source, a.target, None) if below and a not in attestations else a)
     return Recorded(list(recorded.blocks), attestations, floors)
 
 

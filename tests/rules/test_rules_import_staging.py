@@ -2,10 +2,11 @@
 that must change nothing the rules can see.
 
 The simple path is the reference: add every record of the document to the existing history, in document order,
-then prune once to exactly the window (`prune(window, slack_epochs=0)`). The staged path reads the same records
-in parts of any size, split over several entries of the same key (a document may name a key more than once),
-pruning progressively, then merges the result into the same existing history and prunes it the same way. Both
-must give the same history (records, roots and floors) and therefore the same decision for every later
+raise the floors to the document's minima, then prune once to exactly the window (`prune(window,
+slack_epochs=0)`). The staged path reads the same records in parts of any size, split over several entries of
+the same key (a document may name a key more than once), pruning progressively, then merges the result into the
+same existing history and prunes it the same way. Both must give the same history (records, roots and floors)
+and therefore the same decision for every later
 candidate; and neither may allow anything the brute-force oracle refuses for all the records.
 """
 
@@ -43,11 +44,17 @@ NO_LIMIT = 10**9
 
 
 def simple_path(existing: ValidatorHistory, records: Recorded, window: int | None, minimal: bool) -> None:
-    """What an import without staging does: every record into the history, then prune once."""
+    """What an import without staging does: every record into the history, the floors raised to the document's
+    own minima (EIP-3076 conditions 2, 4 and 5 hold per imported file), then prune once."""
     for block in records.blocks:
         existing.add_block(block.slot, block.root)
     for attestation in records.attestations:
         existing.add_attestation(attestation.source, attestation.target, attestation.root)
+    existing.raise_floors(
+        min((b.slot for b in records.blocks), default=Floors().slot),
+        min((a.source for a in records.attestations), default=Floors().source),
+        min((a.target for a in records.attestations), default=Floors().target),
+    )
     if minimal:
         existing.minify()
     if window is not None:
@@ -216,4 +223,5 @@ def test_one_key_in_several_entries_merges_like_one_entry(minimal: bool) -> None
     assert staged.reduced is minimal
     if not minimal:
         assert got.blocks == {5: None, 9: ROOT_A}
-        assert recorded_from(got).floors == Floors()
+        # One document: its minima over both entries are the floors (EIP-3076 conditions 2, 4 and 5).
+        assert recorded_from(got).floors == Floors(slot=5, source=1, target=3)

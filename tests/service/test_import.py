@@ -71,7 +71,9 @@ def test_outcome_per_key_in_complete_strategy(server: Running) -> None:
     assert_decision(sign_block(server, fresh, 6, B), R.REASON_DOUBLE_PROPOSAL)  # unknown root: never a repeat
     assert_decision(sign_block(server, fresh, 5, A), R.REASON_ALLOWED_REPEAT)
     assert_decision(sign_block(server, merged, 20, C), R.REASON_DOUBLE_PROPOSAL)
-    assert_decision(sign_block(server, merged, 15, C), R.REASON_ALLOWED_NEW)
+    # EIP-3076 condition 2 for the imported file: nothing at or below its lowest slot, whatever was signed here.
+    assert_decision(sign_block(server, merged, 15, C), R.REASON_SLOT_AT_OR_BELOW_LOWER_BOUND)
+    assert_decision(sign_block(server, merged, 21, C), R.REASON_ALLOWED_NEW)
     assert summary(server, slashable).attestation_count == 2
     assert_decision(sign_attestation(server, slashable, 2, 5, C), R.REASON_DOUBLE_VOTE)
     assert_decision(sign_attestation(server, slashable, 2, 5, B), R.REASON_ALLOWED_REPEAT)  # the imported vote
@@ -260,3 +262,25 @@ def test_a_complete_history_streamed_in_small_chunks_imports_as_its_window(tmp_p
         assert_decision(sign_attestation(server, key, 100, 200, C), R.REASON_SOURCE_EPOCH_BELOW_LOWER_BOUND)
         assert_decision(sign_attestation(server, key, 299, 300, A), R.REASON_ALLOWED_REPEAT)
         assert_decision(sign_attestation(server, key, 300, 301, C), R.REASON_ALLOWED_NEW)
+
+
+def test_live_imports_of_two_files_leave_no_signable_gap(server: Running) -> None:
+    """Issue 9 over gRPC while serving: last year's export, then the export of the client since (which pruned).
+    Inside the gap nothing is signable; the repeat of a known root and everything above still are."""
+    key = pubkey(1)
+    import_document(server, interchange_document([Entry(key, blocks=((5701, A),), attestations=((100, 102, A),))]))
+    response = import_document(
+        server, interchange_document([Entry(key, blocks=((6739, None),), attestations=((126, 127, None),))])
+    )
+
+    [result] = response.results
+    assert result.status == interchange_pb2.IMPORT_STATUS_MERGED
+    assert "raised the lower bounds: slot 6739 (was 5701)" in result.message
+    assert_decision(sign_block(server, key, 5838, B), R.REASON_SLOT_AT_OR_BELOW_LOWER_BOUND)
+    assert_decision(sign_attestation(server, key, 119, 124, B), R.REASON_SOURCE_EPOCH_BELOW_LOWER_BOUND)
+    assert_decision(sign_block(server, key, 5701, A), R.REASON_ALLOWED_REPEAT)
+    assert_decision(sign_attestation(server, key, 100, 102, A), R.REASON_ALLOWED_REPEAT)
+    assert_decision(sign_block(server, key, 6740, B), R.REASON_ALLOWED_NEW)
+    assert_decision(sign_attestation(server, key, 127, 128, B), R.REASON_ALLOWED_NEW)
+    floors = summary(server, key)
+    assert (floors.slot_floor, floors.source_epoch_floor, floors.target_epoch_floor) == (6739, 126, 127)
