@@ -126,6 +126,7 @@ class SidecarServer:
         self._serving = False
         self._health_update: asyncio.Future[None] | None = None
         self._started_unix = time.time()
+        self.metrics.bind_server(config.data_dir, config.checkpoint_interval, serving=lambda: self._serving)
 
     # ---------------------------------------------------------------- start
 
@@ -251,6 +252,8 @@ class SidecarServer:
     def _on_log_health(self, healthy: bool) -> None:
         self.holder.log_healthy = healthy
         self.metrics.log_healthy.set(1 if healthy else 0)
+        if not healthy:
+            self.metrics.log_failures.inc()
         if healthy:
             log.warning("decision log is durable again: serving")
         else:
@@ -285,6 +288,7 @@ class SidecarServer:
             try:
                 await asyncio.to_thread(self.save_checkpoint)
             except Exception as error:  # a failed checkpoint is retried next time; the log still holds everything
+                self.metrics.checkpoint_failures.inc()
                 log.error("scheduled checkpoint failed: %s", error)
 
     # ---------------------------------------------------------------- stop
