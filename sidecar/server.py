@@ -34,6 +34,7 @@ from sidecar import __version__
 from sidecar.errors import ConfigurationError
 from sidecar.metrics import Metrics
 from sidecar.metrics_http import MetricsHttpServer
+from sidecar.overload import concurrency_interceptors
 from sidecar.service import AdminServicer, Durability, InterchangeServicer, SigningServicer, StoreHolder
 from sidecar.storage import FileOps
 from sidecar.store import DEFAULT_HISTORY_WINDOW_EPOCHS, CheckpointInfo, Store, StoreOptions, Strategy
@@ -135,7 +136,8 @@ class SidecarServer:
         config = self.config
         self._loop = asyncio.get_running_loop()
         server = aio.server(
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            # Not gRPC's maximum_concurrent_rpcs, which counts health checks too (see sidecar.overload).
+            interceptors=concurrency_interceptors(config.max_concurrent_rpcs),
             options=[("grpc.so_reuseport", 0)],
         )
         durability = Durability(self._loop)
