@@ -7,15 +7,19 @@ watches are not counted at all.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from slashing_protection.v1 import signing_pb2
+from slashing_protection.v1 import admin_pb2, interchange_pb2, signing_pb2
 from tests.ops.support import (
+    ZERO_ROOT_HEX,
     Client,
     held_calls,
     http_get,
@@ -25,6 +29,7 @@ from tests.ops.support import (
     serving,
     watches,
 )
+from tests.support.server import running_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,7 +48,7 @@ def block_after_release(client: Client, key: bytes, slot: int) -> signing_pb2.Si
             time.sleep(0.05)
 
 
-def test_calls_beyond_the_maximum_are_exhausted_while_probes_still_answer(tmp_path) -> None:
+def test_calls_beyond_the_maximum_are_exhausted_while_probes_still_answer(tmp_path: Path) -> None:
     with serving(
         tmp_path / "data", "--max-concurrent-rpcs", str(LIMIT), "--metrics-listen", "127.0.0.1:0"
     ) as server:
@@ -78,3 +83,47 @@ def _code_of(call) -> grpc.StatusCode | None:
     except grpc.RpcError as error:
         return error.code()
     return None
+
+
+def test_every_kind_of_call_works_under_a_limit_of_one_and_gives_its_slot_back(tmp_path: Path) -> None:
+    """Unary, server-streaming, client-streaming and bidirectional calls through the limit: each gives its slot
+    back when it ends (normally or cut short), or the next call would be refused."""
+    key = pubkey(61)
+    document = json.dumps(
+        {
+            "metadata": {"interchange_format_version": "5", "genesis_validators_root": ZERO_ROOT_HEX},
+            "data": [
+                {"pubkey": "0x" + pubkey(62).hex(), "signed_blocks": [{"slot": "5"}], "signed_attestations": []}
+            ],
+        }
+    ).encode()
+    with running_server(tmp_path / "data", max_concurrent_rpcs=1) as running:
+        client = Client(running.channel)
+        reflection = reflection_pb2_grpc.ServerReflectionStub(running.channel)
+        for slot in range(1, 4):
+            client.register(key)
+            assert client.block(key, slot, root(slot)).reason == signing_pb2.REASON_ALLOWED_NEW
+            exported = b"".join(
+                r.chunk
+                for r in running.interchange.ExportInterchange(
+                    interchange_pb2.ExportInterchangeRequest(), timeout=10
+                )
+            )
+            assert json.loads(exported)["data"]
+            running.interchange.ImportInterchange(
+                iter([interchange_pb2.ImportInterchangeRequest(chunk=document)]), timeout=10
+            )
+            with pytest.raises(grpc.RpcError) as refused:  # a call that fails gives its slot back too
+                running.interchange.ImportInterchange(
+                    iter([interchange_pb2.ImportInterchangeRequest(chunk=b"[")]), timeout=10
+                )
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert list(running.admin.ListDecisions(admin_pb2.ListDecisionsRequest(pubkey=key), timeout=10))
+            (answer,) = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+            )
+            assert answer.list_services_response.service
+            stream = running.admin.ListDecisions(admin_pb2.ListDecisionsRequest(), timeout=10)
+            next(stream)
+            stream.cancel()  # cut short by the client
+            block_after_release(client, key, 100 + slot)
