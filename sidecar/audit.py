@@ -13,11 +13,9 @@ from pathlib import Path
 from sidecar.rules import Reason
 from sidecar.storage import FileOps, read_records
 from sidecar.storage import state_codec as codec
+from sidecar.vocabulary import ATTESTATION, BLOCK, spelling, verdict
 
-__all__ = ["DecisionRecord", "decode_decision", "read_decisions"]
-
-BLOCK = "block"
-ATTESTATION = "attestation"
+__all__ = ["ATTESTATION", "BLOCK", "DecisionRecord", "decode_decision", "read_decisions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +39,8 @@ class DecisionRecord:
             "sequence": self.sequence,
             "kind": self.kind,
             "pubkey": "0x" + self.pubkey.hex(),
-            "verdict": "allowed" if self.allowed else "refused",
-            "reason": self.reason.name,
+            "verdict": verdict(self.reason),
+            "reason": spelling(self.reason),
             "signing_root": "0x" + self.signing_root.hex(),
             "recorded_at_unix_nanos": self.unix_nanos,
         }

@@ -2,20 +2,27 @@
 
 Decision counts are the hot path: they are plain integers bumped in the serving thread and turned into the
 `slashing_sidecar_decisions_total` counter only when scraped, instead of a locked client-library counter per
-decision. No metric has a per-pubkey label.
+decision. Every `(kind, verdict, reason)` a decision can have is exposed from the start, at 0: Prometheus sees a
+series that first appears at 1 as new, not as a step from 0, so `increase()` over it, and the alert on the first
+double vote, would miss that first one. Reasons are spelled as `sidecar.vocabulary` says. No metric has a
+per-pubkey label.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections import Counter as _Tally
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar.rules import Reason
+from sidecar.vocabulary import decision_series, spelling, verdict
 
 __all__ = ["Metrics"]
 
@@ -48,10 +55,20 @@ class _DecisionCollector(Collector):
             "Signing decisions recorded, by message kind, verdict and reason.",
             labels=["kind", "verdict", "reason"],
         )
-        for (kind, reason), count in sorted(self._tally.items()):
-            verdict = "allowed" if reason.allows else "refused"
-            family.add_metric([kind, verdict, reason.name.lower()], count)
+        counts = dict.fromkeys(decision_series(), 0)
+        counts.update(self._tally)
+        for (kind, reason), count in sorted(counts.items()):
+            family.add_metric([kind, verdict(reason), spelling(reason)], count)
         yield family
+
+
+def _filesystem_bytes(directory: Path, free: bool) -> float:
+    """Bytes available to the sidecar (not root's reserve) or in all, on the filesystem holding `directory`."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return math.nan  # the directory is gone or unreadable: no number rather than a wrong one
+    return float((stat.f_bavail if free else stat.f_blocks) * stat.f_frsize)
 
 
 class Metrics:
@@ -109,7 +126,43 @@ class Metrics:
         self.imports = Counter(
             "slashing_sidecar_imports", "Interchange imports, by outcome.", ["outcome"], registry=r
         )
+        for outcome in ("imported", "refused"):
+            self.imports.labels(outcome)  # at 0 from the start, so the first failed import is an increase
+        self.log_failures = Counter(
+            "slashing_sidecar_log_failures",
+            "Times the decision log could not be made durable (each one refused every signing call until healed).",
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "slashing_sidecar_checkpoint_failures", "Scheduled checkpoints that failed.", registry=r
+        )
+        self.checkpoint_interval_seconds = Gauge(
+            "slashing_sidecar_checkpoint_interval_seconds",
+            "The configured --checkpoint-interval (0: no scheduled checkpoints).",
+            registry=r,
+        )
+        self.serving = Gauge(
+            "slashing_sidecar_serving", "1 while the gRPC health status is SERVING, else 0.", registry=r
+        )
+        self.data_dir_free_bytes = Gauge(
+            "slashing_sidecar_data_dir_free_bytes",
+            "Bytes available to the sidecar on the filesystem of its data directory.",
+            registry=r,
+        )
+        self.data_dir_size_bytes = Gauge(
+            "slashing_sidecar_data_dir_size_bytes",
+            "Size in bytes of the filesystem of the data directory.",
+            registry=r,
+        )
+        ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
         self.log_healthy.set(0)
+
+    def bind_server(self, data_dir: Path, checkpoint_interval: float, serving: Callable[[], bool]) -> None:
+        """What the server knows before recovery: its configuration and its health status."""
+        self.checkpoint_interval_seconds.set(checkpoint_interval)
+        self.serving.set_function(lambda: 1.0 if serving() else 0.0)
+        self.data_dir_free_bytes.set_function(lambda: _filesystem_bytes(data_dir, free=True))
+        self.data_dir_size_bytes.set_function(lambda: _filesystem_bytes(data_dir, free=False))
 
     def bind_state(
         self,

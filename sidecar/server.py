@@ -34,6 +34,7 @@ from sidecar import __version__
 from sidecar.errors import ConfigurationError
 from sidecar.metrics import Metrics
 from sidecar.metrics_http import MetricsHttpServer
+from sidecar.overload import concurrency_interceptors
 from sidecar.service import AdminServicer, Durability, InterchangeServicer, SigningServicer, StoreHolder
 from sidecar.storage import FileOps
 from sidecar.store import DEFAULT_HISTORY_WINDOW_EPOCHS, CheckpointInfo, Store, StoreOptions, Strategy
@@ -126,6 +127,7 @@ class SidecarServer:
         self._serving = False
         self._health_update: asyncio.Future[None] | None = None
         self._started_unix = time.time()
+        self.metrics.bind_server(config.data_dir, config.checkpoint_interval, serving=lambda: self._serving)
 
     # ---------------------------------------------------------------- start
 
@@ -134,7 +136,8 @@ class SidecarServer:
         config = self.config
         self._loop = asyncio.get_running_loop()
         server = aio.server(
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            # Not gRPC's maximum_concurrent_rpcs, which counts health checks too (see sidecar.overload).
+            interceptors=concurrency_interceptors(config.max_concurrent_rpcs),
             options=[("grpc.so_reuseport", 0)],
         )
         durability = Durability(self._loop)
@@ -251,6 +254,8 @@ class SidecarServer:
     def _on_log_health(self, healthy: bool) -> None:
         self.holder.log_healthy = healthy
         self.metrics.log_healthy.set(1 if healthy else 0)
+        if not healthy:
+            self.metrics.log_failures.inc()
         if healthy:
             log.warning("decision log is durable again: serving")
         else:
@@ -285,6 +290,7 @@ class SidecarServer:
             try:
                 await asyncio.to_thread(self.save_checkpoint)
             except Exception as error:  # a failed checkpoint is retried next time; the log still holds everything
+                self.metrics.checkpoint_failures.inc()
                 log.error("scheduled checkpoint failed: %s", error)
 
     # ---------------------------------------------------------------- stop

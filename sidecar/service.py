@@ -35,6 +35,7 @@ from sidecar.metrics import Metrics
 from sidecar.rules import ALLOWED_NEW, ALLOWED_REPEAT, Decision, Reason
 from sidecar.storage import LogUnavailableError, StorageError
 from sidecar.store import SUMMARY_BOUNDS, AttestationRequest, Store
+from sidecar.vocabulary import spelling
 from slashing_protection.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -224,7 +225,7 @@ def _log_refusal(kind: str, pubkey: bytes, detail: str, decision: Decision) -> N
         pubkey.hex(),
         detail,
         decision.message,
-        extra={"pubkey": "0x" + pubkey.hex(), "reason": decision.reason.name, "kind": kind},
+        extra={"pubkey": "0x" + pubkey.hex(), "reason": spelling(decision.reason), "kind": kind},
     )
 
 

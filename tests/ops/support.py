@@ -25,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from slashing_protection.v1 import admin_pb2, admin_pb2_grpc, signing_pb2, signing_pb2_grpc
+from slashing_protection.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    interchange_pb2,
+    interchange_pb2_grpc,
+    signing_pb2,
+    signing_pb2_grpc,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO_ROOT = bytes(32)
@@ -281,6 +288,40 @@ def watches(address: str, count: int) -> Iterator[None]:
         finally:
             for stream in streams:
                 stream.cancel()
+
+
+@contextlib.contextmanager
+def held_calls(address: str, count: int, timeout: float = 20.0) -> Iterator[None]:
+    """`count` calls held in flight: import streams that send one chunk and then wait. Yields once the server
+    refuses a further counted call with RESOURCE_EXHAUSTED (a read-only summary request, so probing records
+    nothing), i.e. once `count` is the server's --max-concurrent-rpcs and all of them are being handled."""
+    release = threading.Event()
+
+    def held() -> Iterator[interchange_pb2.ImportInterchangeRequest]:
+        yield interchange_pb2.ImportInterchangeRequest(chunk=b"{")
+        release.wait(60)
+
+    with grpc.insecure_channel(address) as channel:
+        stub = interchange_pb2_grpc.InterchangeServiceStub(channel)
+        calls = [stub.ImportInterchange.future(held()) for _ in range(count)]
+        try:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    admin.GetValidatorSummary(admin_pb2.GetValidatorSummaryRequest(pubkey=bytes(48)), timeout=5)
+                except grpc.RpcError as error:
+                    if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        break
+                    raise
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{count} held calls did not saturate the server within {timeout} s")
+                time.sleep(0.02)
+            yield
+        finally:
+            for call in calls:  # cancelled before the stream ends, so no import is attempted
+                call.cancel()
+            release.set()
 
 
 # ---------------------------------------------------------------- HTTP

@@ -8,8 +8,10 @@ in-process helper.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -17,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.vocabulary import decision_series, spelling, verdict
 from slashing_protection.v1 import admin_pb2, signing_pb2
 from tests.ops.support import (
     Client,
@@ -28,6 +31,7 @@ from tests.ops.support import (
     root,
     serving,
 )
+from tests.storage.fakes import FaultyFileOps
 from tests.support.server import running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -209,3 +213,82 @@ def test_readyz_is_503_as_soon_as_shutdown_begins(tmp_path: Path) -> None:
             assert http_get(port, "/healthz")[0] == 200
             watch.cancel()
             stopping.result(15)
+
+
+# ---------------------------------------------------------------- series that exist before their first event
+
+
+def test_every_decision_series_and_import_outcome_exists_at_zero_from_the_start(tmp_path: Path) -> None:
+    """Prometheus cannot see a series' first increase if the series appears already at 1 (see sidecar.metrics):
+    a fresh server exposes every (kind, verdict, reason) it can ever count, and both import outcomes, at 0."""
+    with serving(tmp_path / "data", "--metrics-listen", "127.0.0.1:0", "--checkpoint-interval", "120") as process:
+        _, samples, _ = scrape(process.metrics_port())
+    counts = decision_counts(samples)
+    assert counts == {(kind, verdict(reason), spelling(reason)): 0.0 for kind, reason in decision_series()}
+    for kind, verdict_, reason in [
+        ("block", "refused", "double_proposal"),
+        ("attestation", "refused", "double_vote"),
+        ("attestation", "refused", "surrounds_recorded_vote"),
+        ("attestation", "refused", "surrounded_by_recorded_vote"),
+        ("block", "allowed", "allowed_new"),
+        ("attestation", "refused", "validator_not_registered"),
+    ]:
+        assert (kind, verdict_, reason) in counts
+    assert value(samples, "slashing_sidecar_imports_total", outcome="refused") == 0
+    assert ("slashing_sidecar_imports_total", frozenset({("outcome", "imported")})) in samples
+    assert ("slashing_sidecar_log_failures_total", frozenset()) in samples
+    assert value(samples, "slashing_sidecar_serving") == 1
+    assert value(samples, "slashing_sidecar_log_healthy") == 1
+    assert value(samples, "slashing_sidecar_checkpoint_interval_seconds") == 120
+    free = value(samples, "slashing_sidecar_data_dir_free_bytes")
+    size = value(samples, "slashing_sidecar_data_dir_size_bytes")
+    stat = os.statvfs(tmp_path)
+    assert 0 < free <= size == stat.f_blocks * stat.f_frsize
+    assert value(samples, "process_start_time_seconds") > 0
+
+
+def test_a_durability_failure_is_counted_and_serving_follows_it(tmp_path: Path) -> None:
+    fileops = FaultyFileOps()
+    with running_server(tmp_path / "data", metrics_listen="127.0.0.1:0", fileops=fileops) as running:
+        port = metrics_port_of(running)
+        client = Client(running.channel)
+        key = pubkey(13)
+        client.register(key)
+        _, samples, _ = scrape(port)
+        assert (
+            value(samples, "slashing_sidecar_log_failures_total"),
+            value(samples, "slashing_sidecar_serving"),
+        ) == (
+            0,
+            1,
+        )
+
+        fileops.fail("fdatasync", errno.EIO)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.block(key, 1, root(1))
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+        def failed() -> bool:
+            _, now, _ = scrape(port)
+            return (
+                value(now, "slashing_sidecar_log_failures_total") == 1
+                and value(now, "slashing_sidecar_log_healthy") == 0
+                and value(now, "slashing_sidecar_serving") == 0
+            )
+
+        wait_until(failed)
+        fileops.heal()
+
+        def healed() -> bool:
+            _, now, _ = scrape(port)
+            return value(now, "slashing_sidecar_log_healthy") == 1 and value(now, "slashing_sidecar_serving") == 1
+
+        wait_until(healed)
+        assert value(scrape(port)[1], "slashing_sidecar_log_failures_total") == 1
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{condition.__name__} not reached within {timeout} s"
+        time.sleep(0.1)
