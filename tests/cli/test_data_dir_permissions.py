@@ -24,11 +24,12 @@ def fresh_data_dir(tmp_path: Path) -> Path:
 def test_a_directory_writable_by_others_is_refused(tmp_path: Path, mode: int, who: str) -> None:
     data_dir = fresh_data_dir(tmp_path)
     data_dir.chmod(mode)
-    for command in (
+    commands: tuple[list[str | Path], ...] = (
         ["serve", "--data-dir", data_dir, "--listen", "127.0.0.1:0"],
         ["register", "--data-dir", data_dir, "--pubkey", pubkey(2)],
         ["export", "-", "--data-dir", data_dir],
-    ):
+    )
+    for command in commands:
         line = assert_fails(run_cli(*command), 1)
         assert f"data directory {data_dir} is writable by {who}" in line, line
         assert f"(mode {mode:04o})" in line and f"run `chmod 700 {data_dir}`" in line, line
@@ -56,10 +57,11 @@ def test_a_group_readable_directory_is_accepted(tmp_path: Path) -> None:
 def test_a_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     data_dir = fresh_data_dir(tmp_path)
     os.chown(data_dir, 4242, -1)
-    for command in (
+    commands: tuple[list[str | Path], ...] = (
         ["serve", "--data-dir", data_dir, "--genesis-validators-root", MAINNET, "--listen", "127.0.0.1:0"],
         ["register", "--data-dir", data_dir, "--pubkey", pubkey(2)],
-    ):
+    )
+    for command in commands:
         line = assert_fails(run_cli(*command), 1)
         assert f"data directory {data_dir} is owned by uid 4242, not by user root (uid 0)" in line, line
         assert f"run `chown root {data_dir}`" in line, line
