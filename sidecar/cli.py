@@ -49,6 +49,17 @@ def _env(name: str) -> str | None:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
 
 
+class _AppendOverEnvironment(argparse.Action):
+    """A repeatable option whose environment default (comma-separated) the command line replaces instead of
+    extending: argparse's own ``append`` would add to it, widening what the environment said."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is None or current is self.default else list(current)
+        items.append(values)
+        setattr(namespace, self.dest, items)
+
+
 def _option(parser: argparse.ArgumentParser | argparse._ActionsContainer, flag: str, **kwargs: Any) -> None:
     """An option whose default comes from SLASHING_SIDECAR_<OPTION> when set."""
     name = flag.lstrip("-")
@@ -57,6 +68,7 @@ def _option(parser: argparse.ArgumentParser | argparse._ActionsContainer, flag: 
         if value is not None:
             kwargs["default"] = value.strip().lower() in ("1", "true", "yes", "on")
     elif kwargs.get("action") == "append":
+        kwargs["action"] = _AppendOverEnvironment
         if value is not None:
             kwargs["default"] = value.split(",")
     elif value is not None:
@@ -123,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     _option(serve, "--tls-cert", type=Path, help="server certificate (PEM)")
     _option(serve, "--tls-key", type=Path, help="server key (PEM)")
     _option(serve, "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    _option(
+        serve,
+        "--tls-signer-identity",
+        action="append",
+        help="with mTLS: a client identity (certificate CN, DNS or URI SAN) allowed to sign (repeatable)",
+    )
+    _option(
+        serve,
+        "--tls-admin-identity",
+        action="append",
+        help="with mTLS: a client identity allowed to call the interchange and admin services (repeatable)",
+    )
     _option(serve, "--insecure-listen", action="store_true", help="allow plaintext on a non-loopback address")
     _option(serve, "--max-concurrent-rpcs", type=int, help="calls beyond this many in flight are refused")
     _option(
@@ -216,6 +240,13 @@ def _strategy(name: str) -> Any:
     return Strategy(name)
 
 
+def _identities(values: list[str] | None, option: str) -> tuple[str, ...]:
+    names = tuple(value.strip() for value in values or ())
+    if any(not name for name in names):
+        raise ConfigurationError(f"{option} must not be empty")
+    return names
+
+
 def _window(value: int | None) -> int | None:
     from sidecar.store import DEFAULT_HISTORY_WINDOW_EPOCHS
 
@@ -294,6 +325,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert and Path(args.tls_cert),
         tls_key=args.tls_key and Path(args.tls_key),
         tls_client_ca=args.tls_client_ca and Path(args.tls_client_ca),
+        tls_signer_identities=_identities(args.tls_signer_identity, "--tls-signer-identity"),
+        tls_admin_identities=_identities(args.tls_admin_identity, "--tls-admin-identity"),
         insecure_listen=bool(args.insecure_listen),
         max_concurrent_rpcs=None if args.max_concurrent_rpcs is None else int(args.max_concurrent_rpcs),
         shutdown_grace=float(args.shutdown_grace),

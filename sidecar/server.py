@@ -31,6 +31,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from sidecar import __version__
+from sidecar.authz import AccessPolicy, AuthorizationInterceptor
 from sidecar.errors import ConfigurationError
 from sidecar.metrics import Metrics
 from sidecar.metrics_http import MetricsHttpServer
@@ -72,6 +73,9 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Client identities (certificate CN, DNS or URI SAN) allowed per role; both empty: no access policy.
+    tls_signer_identities: tuple[str, ...] = ()
+    tls_admin_identities: tuple[str, ...] = ()
     insecure_listen: bool = False
     max_concurrent_rpcs: int | None = None
     shutdown_grace: float = 20.0
@@ -96,6 +100,11 @@ def check_listen_security(config: ServeConfig) -> None:
         raise ConfigurationError("--tls-cert and --tls-key go together")
     if config.tls_client_ca is not None and config.tls_cert is None:
         raise ConfigurationError("--tls-client-ca needs --tls-cert and --tls-key")
+    if (config.tls_signer_identities or config.tls_admin_identities) and config.tls_client_ca is None:
+        raise ConfigurationError(
+            "--tls-signer-identity and --tls-admin-identity need mutual TLS: give --tls-client-ca "
+            "(with --tls-cert and --tls-key), so that clients present a certificate naming them"
+        )
     if config.tls_cert is None and not _is_loopback(config.listen) and not config.insecure_listen:
         raise ConfigurationError(
             f"refusing to listen in plaintext on {config.listen}, which is not a loopback address: "
@@ -135,9 +144,14 @@ class SidecarServer:
         """Binds and starts serving (NOT_SERVING until recovered); returns the bound port."""
         config = self.config
         self._loop = asyncio.get_running_loop()
+        policy = AccessPolicy.of(config.tls_signer_identities, config.tls_admin_identities)
         server = aio.server(
-            # Not gRPC's maximum_concurrent_rpcs, which counts health checks too (see sidecar.overload).
-            interceptors=concurrency_interceptors(config.max_concurrent_rpcs),
+            # Authorization first, so that a denied call never takes a concurrency slot. Not gRPC's
+            # maximum_concurrent_rpcs, which counts health checks too (see sidecar.overload).
+            interceptors=[
+                *([AuthorizationInterceptor(policy)] if policy.enforced else []),
+                *concurrency_interceptors(config.max_concurrent_rpcs),
+            ],
             options=[("grpc.so_reuseport", 0)],
         )
         durability = Durability(self._loop)
@@ -184,7 +198,11 @@ class SidecarServer:
             metrics_host = config.metrics_listen.rsplit(":", 1)[0]
             log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", metrics_host, self._metrics_http.port)
         host = config.listen.rsplit(":", 1)[0]
-        log.info("serving on %s:%d (not ready until recovery finishes)", host, port)
+        if config.tls_client_ca is not None:
+            access = f"mutual TLS, {policy.describe()}"
+        else:
+            access = "TLS" if config.tls_cert is not None else "plaintext"
+        log.info("serving on %s:%d (%s; not ready until recovery finishes)", host, port, access)
         return port
 
     async def recover(self) -> None:

@@ -31,6 +31,7 @@ from sidecar.storage.errors import (
     LogUnavailableError,
     StorageError,
     StorageIOError,
+    UnsafeDataDirError,
 )
 from sidecar.storage.fileio import FileOps
 from sidecar.storage.framing import MAX_PAYLOAD_SIZE
@@ -68,6 +69,7 @@ __all__ = [
     "StorageError",
     "StorageIOError",
     "TornTail",
+    "UnsafeDataDirError",
     "checkpoint_name",
     "list_checkpoints",
     "list_segments",

@@ -6,6 +6,10 @@ process can say who holds the directory. The kernel releases the lock when the h
 exits, so a stale lock after a crash is impossible; the ``LOCK`` file itself is never deleted (deleting a
 lock file races with a process that has just opened it).
 
+Before locking, ``acquire`` refuses a directory that another user owns or that its group or other users may
+write to (:class:`UnsafeDataDirError`, naming the ``chmod``/``chown`` that fixes it): whoever can write to the
+directory can delete or replace the decision log. Directories the sidecar creates are 0700 and pass.
+
 The descriptor is close-on-exec, so child processes do not inherit the lock. ``flock`` locks belong to the
 open file description: a second ``acquire`` in the same process is refused too.
 """
@@ -13,12 +17,13 @@ open file description: a second ``acquire`` in the same process is refused too.
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
-from sidecar.storage.errors import DataDirLockedError, StorageIOError
+from sidecar.storage.errors import DataDirLockedError, StorageIOError, UnsafeDataDirError
 from sidecar.storage.fileio import FileOps
 
-__all__ = ["LOCK_FILE_NAME", "DataDirLock"]
+__all__ = ["LOCK_FILE_NAME", "DataDirLock", "check_private_directory"]
 
 LOCK_FILE_NAME = "LOCK"
 
@@ -38,6 +43,7 @@ class DataDirLock:
         fileops = fileops or FileOps()
         directory = Path(directory)
         fileops.makedirs(directory)
+        check_private_directory(directory, fileops)
         fd = fileops.open_or_create(directory / LOCK_FILE_NAME)
         try:
             if not fileops.try_lock_exclusive(fd):
@@ -65,6 +71,34 @@ class DataDirLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def check_private_directory(directory: Path, fileops: FileOps) -> None:
+    """Raise :class:`UnsafeDataDirError` unless ``directory`` belongs to this process's effective user and
+    neither its group nor other users may write to it."""
+    owner, mode = fileops.owner_and_mode(directory)
+    user = os.geteuid()
+    if owner != user:
+        raise UnsafeDataDirError(
+            directory,
+            f"is owned by {_user_name(owner)}, not by {_user_name(user)} that the sidecar runs as",
+            f"chown {_user_name(user, bare=True)} {directory}",
+        )
+    if mode & 0o022:
+        who = (
+            "its group and other users"
+            if mode & 0o022 == 0o022
+            else ("its group" if mode & 0o020 else "other users")
+        )
+        raise UnsafeDataDirError(directory, f"is writable by {who} (mode {mode:04o})", f"chmod 700 {directory}")
+
+
+def _user_name(uid: int, *, bare: bool = False) -> str:
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid) if bare else f"uid {uid}"
+    return name if bare else f"user {name} (uid {uid})"
 
 
 def _read_pid(fileops: FileOps, fd: int) -> int | None:

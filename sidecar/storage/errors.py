@@ -7,7 +7,8 @@ Every failure that leaves ``sidecar.storage`` is a :class:`StorageError`::
     ├── LogCorruptionError      the decision log holds damage that must not be repaired automatically
     ├── LogUnavailableError     the decision log cannot make records durable (failed, or closed)
     ├── CheckpointError         a checkpoint cannot be written or read back
-    └── DataDirLockedError      another process holds the data directory
+    ├── DataDirLockedError      another process holds the data directory
+    └── UnsafeDataDirError      the data directory is writable by, or belongs to, another user
 
 ``OSError`` crosses into storage at exactly one place: :class:`sidecar.storage.fileio.FileOps`, whose every
 method turns it into a :class:`StorageIOError` that keeps the ``errno``, the operation and the path. Code above
@@ -29,6 +30,7 @@ __all__ = [
     "LogUnavailableError",
     "StorageError",
     "StorageIOError",
+    "UnsafeDataDirError",
 ]
 
 
@@ -98,3 +100,13 @@ class DataDirLockedError(StorageError):
             f"data directory {self.directory} is in use by {holder}; "
             "only one sidecar may use a data directory at a time"
         )
+
+
+class UnsafeDataDirError(StorageError):
+    """The data directory could be changed by someone other than the user the sidecar runs as: another user owns
+    it, or its group or other users may write to it. A user who can replace or delete files in it can erase the
+    history that protects the keys, so the sidecar refuses it; the message says how to fix it."""
+
+    def __init__(self, directory: str | os.PathLike[str], problem: str, fix: str):
+        self.directory = Path(directory)
+        super().__init__(f"data directory {self.directory} {problem}; refusing to use it: run `{fix}`")

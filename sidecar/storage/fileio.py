@@ -207,6 +207,14 @@ class FileOps:
         except OSError as error:
             raise StorageIOError.from_os_error("stat", path, error) from error
 
+    def owner_and_mode(self, path: Path) -> tuple[int, int]:
+        """The owner's uid and the permission bits (``st_mode & 0o7777``) of ``path``, symlinks followed."""
+        try:
+            result = os.stat(path)
+        except OSError as error:
+            raise StorageIOError.from_os_error("stat", path, error) from error
+        return result.st_uid, stat.S_IMODE(result.st_mode)
+
     def exists(self, path: Path) -> bool:
         try:
             os.stat(path)
