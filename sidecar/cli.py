@@ -309,18 +309,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sidecar.server import ServeConfig, run
 
     configure_logging(args.log_format)
-    config = ServeConfig(
-        data_dir=args.data_dir,
-        genesis_validators_root=_root_from(args),
-        listen=args.listen,
+    from sidecar.store import StoreOptions
+
+    store = StoreOptions(
         strategy=_strategy(args.strategy),
-        checkpoint_interval=float(args.checkpoint_interval),
         checkpoint_keep=int(args.checkpoint_keep),
         history_window_epochs=_window(
             None if args.history_window_epochs is None else int(args.history_window_epochs)
         ),
         archive_segments=bool(args.archive_segments),
         segment_bytes=int(args.log_segment_bytes),
+    )
+    if store.segment_bytes < 4096:
+        raise ConfigurationError("--log-segment-bytes must be at least 4096")
+    if store.checkpoint_keep < 1:
+        raise ConfigurationError("--checkpoint-keep must be at least 1")
+    config = ServeConfig(
+        data_dir=args.data_dir,
+        genesis_validators_root=_root_from(args),
+        listen=args.listen,
+        checkpoint_interval=float(args.checkpoint_interval),
+        store=store,
         metrics_listen=args.metrics_listen,
         tls_cert=args.tls_cert and Path(args.tls_cert),
         tls_key=args.tls_key and Path(args.tls_key),
@@ -331,10 +340,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_concurrent_rpcs=None if args.max_concurrent_rpcs is None else int(args.max_concurrent_rpcs),
         shutdown_grace=float(args.shutdown_grace),
     )
-    if config.segment_bytes < 4096:
-        raise ConfigurationError("--log-segment-bytes must be at least 4096")
-    if config.checkpoint_keep < 1:
-        raise ConfigurationError("--checkpoint-keep must be at least 1")
     asyncio.run(run(config))
     return EXIT_OK
 

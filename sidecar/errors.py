@@ -15,12 +15,15 @@ and a non-zero exit.
     ├── InvalidRequestError         malformed request                               -> INVALID_ARGUMENT
     ├── ImportRefusedError          interchange document refused whole; nothing changed -> INVALID_ARGUMENT
     ├── UnknownValidatorError       a named key is not registered                   -> NOT_FOUND
-    └── NotReadyError               not recovered yet, or shutting down             -> UNAVAILABLE
+    ├── NotReadyError               not recovered yet, or shutting down             -> UNAVAILABLE
+    └── BackendUnavailableError     the protection database cannot make a decision durable now (disk full, I/O
+                                    error, database unreachable): the seam's word for it -> UNAVAILABLE
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailableError",
     "ConfigurationError",
     "DataDirError",
     "GenesisRootMismatchError",
@@ -62,3 +65,8 @@ class UnknownValidatorError(SidecarError):
 
 class NotReadyError(SidecarError):
     pass
+
+
+class BackendUnavailableError(SidecarError):
+    """A backend could not make a decision durable, or cannot reach its storage: do not sign. Backends raise it
+    from their own failures (chained), so the servicers need to know no log, file or database."""

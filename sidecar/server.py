@@ -20,7 +20,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,13 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar import __version__
 from sidecar.authz import AccessPolicy, AuthorizationInterceptor
+from sidecar.backend import CheckpointInfo, open_backend
 from sidecar.errors import ConfigurationError
 from sidecar.metrics import Metrics
 from sidecar.metrics_http import MetricsHttpServer
 from sidecar.overload import concurrency_interceptors
-from sidecar.service import AdminServicer, Durability, InterchangeServicer, SigningServicer, StoreHolder
-from sidecar.storage import FileOps
-from sidecar.store import DEFAULT_HISTORY_WINDOW_EPOCHS, CheckpointInfo, Store, StoreOptions, Strategy
+from sidecar.service import AdminServicer, BackendHolder, InterchangeServicer, SigningServicer
+from sidecar.store import StoreOptions
 from slashing_protection.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -63,12 +63,9 @@ class ServeConfig:
     data_dir: Path
     genesis_validators_root: bytes | None = None
     listen: str = "127.0.0.1:50051"
-    strategy: Strategy = Strategy.COMPLETE
     checkpoint_interval: float = 300.0
-    checkpoint_keep: int = 3
-    history_window_epochs: int | None = DEFAULT_HISTORY_WINDOW_EPOCHS
-    segment_bytes: int = 64 * 1024 * 1024
-    archive_segments: bool = False
+    # The database's own options (strategy, history window, and the local backend's log and checkpoints).
+    store: StoreOptions = field(default_factory=StoreOptions)
     metrics_listen: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -79,7 +76,6 @@ class ServeConfig:
     insecure_listen: bool = False
     max_concurrent_rpcs: int | None = None
     shutdown_grace: float = 20.0
-    fileops: FileOps = field(default_factory=FileOps)
 
 
 def _is_loopback(listen: str) -> bool:
@@ -126,7 +122,7 @@ class SidecarServer:
         check_listen_security(config)
         self.config = config
         self.metrics = Metrics()
-        self.holder = StoreHolder()
+        self.holder = BackendHolder()
         self.port = 0
         self._server: aio.Server | None = None
         self._health = health_aio.HealthServicer()
@@ -154,16 +150,13 @@ class SidecarServer:
             ],
             options=[("grpc.so_reuseport", 0)],
         )
-        durability = Durability(self._loop)
         signing_pb2_grpc.add_SlashingProtectionServiceServicer_to_server(
-            SigningServicer(self.holder, self.metrics, durability), server
+            SigningServicer(self.holder, self.metrics), server
         )
         interchange_pb2_grpc.add_InterchangeServiceServicer_to_server(
             InterchangeServicer(self.holder, self.metrics), server
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.holder, durability, self.save_checkpoint), server
-        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.holder, self.save_checkpoint), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         service_names = (
             SIGNING_SERVICE,
@@ -206,33 +199,23 @@ class SidecarServer:
         return port
 
     async def recover(self) -> None:
-        """Opens the store in a worker thread; SERVING when done. Raises what recovery raised."""
+        """Opens the backend (recovering it, off the loop); SERVING when done. Raises what recovery raised."""
         config = self.config
         loop = asyncio.get_running_loop()
-        options = StoreOptions(
-            strategy=config.strategy,
-            history_window_epochs=config.history_window_epochs,
-            segment_bytes=config.segment_bytes,
-            checkpoint_keep=config.checkpoint_keep,
-            archive_segments=config.archive_segments,
-            fileops=config.fileops,
+        options = replace(
+            config.store,
             on_health_change=lambda healthy: self._call_soon(loop, healthy),
             on_fsync=self.metrics.observe_fsync,
         )
-        store = await asyncio.to_thread(
-            Store.open_or_create, config.data_dir, config.genesis_validators_root, options
-        )
-        # From here on this loop's appends wake the flusher through Durability, once per loop turn.
-        store.log.defer_wakeups_on_this_thread()
-        self.holder.store = store
+        backend = await open_backend(config.data_dir, config.genesis_validators_root, options)
+        self.holder.backend = backend
         self.holder.accepting = True
-        recovery = store.recovery
-        assert recovery is not None
+        startup = backend.startup
         self.metrics.bind_state(
-            lambda: store.validator_count, lambda: store.last_checkpoint_unix, self._started_unix
+            lambda: backend.validator_count, lambda: backend.last_checkpoint_unix, self._started_unix
         )
-        self.metrics.recovery_seconds.set(recovery.seconds)
-        self.metrics.replayed_records.set(recovery.replayed_records)
+        self.metrics.recovery_seconds.set(startup.seconds)
+        self.metrics.replayed_records.set(startup.replayed_records)
         self.metrics.log_healthy.set(1)
         await self._set_serving(True)
         log.info(
@@ -240,20 +223,20 @@ class SidecarServer:
             "loaded, checkpoint at sequence %d, %d log records replayed%s, recovery took %.3f s",
             __version__,
             config.data_dir,
-            store.genesis_validators_root.hex(),
-            config.strategy.value,
-            recovery.validators,
-            recovery.checkpoint_sequence,
-            recovery.replayed_records,
-            " (torn tail repaired)" if recovery.repaired_torn_tail else "",
-            recovery.seconds,
+            backend.genesis_validators_root.hex(),
+            config.store.strategy.value,
+            startup.validators,
+            startup.checkpoint_sequence,
+            startup.replayed_records,
+            " (torn tail repaired)" if startup.repaired_torn_tail else "",
+            startup.seconds,
             extra={
-                "genesis_validators_root": "0x" + store.genesis_validators_root.hex(),
+                "genesis_validators_root": "0x" + backend.genesis_validators_root.hex(),
                 "version": __version__,
                 "data_dir": str(config.data_dir),
-                "validators": recovery.validators,
-                "recovery_seconds": round(recovery.seconds, 6),
-                "strategy": config.strategy.value,
+                "validators": startup.validators,
+                "recovery_seconds": round(startup.seconds, 6),
+                "strategy": config.store.strategy.value,
             },
         )
         if config.checkpoint_interval > 0:
@@ -270,7 +253,7 @@ class SidecarServer:
         loop.call_soon_threadsafe(self._on_log_health, healthy)
 
     def _on_log_health(self, healthy: bool) -> None:
-        self.holder.log_healthy = healthy
+        self.holder.healthy = healthy
         self.metrics.log_healthy.set(1 if healthy else 0)
         if not healthy:
             self.metrics.log_failures.inc()
@@ -288,14 +271,13 @@ class SidecarServer:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save_checkpoint(self) -> CheckpointInfo:
-        """Blocking: call from a worker thread."""
-        store = self.holder.require()
-        info = store.save_checkpoint()
+    async def save_checkpoint(self) -> CheckpointInfo:
+        """Takes a checkpoint now, measured and logged (scheduled, or asked for over gRPC)."""
+        info = await self.holder.require().save_checkpoint()
         self.metrics.checkpoint_seconds.observe(info.seconds)
         log.info(
             "checkpoint %s: %d validators up to sequence %d in %.3f s",
-            info.path.name,
+            info.name,
             info.validators,
             info.sequence,
             info.seconds,
@@ -306,7 +288,7 @@ class SidecarServer:
         while True:
             await asyncio.sleep(self.config.checkpoint_interval)
             try:
-                await asyncio.to_thread(self.save_checkpoint)
+                await self.save_checkpoint()
             except Exception as error:  # a failed checkpoint is retried next time; the log still holds everything
                 self.metrics.checkpoint_failures.inc()
                 log.error("scheduled checkpoint failed: %s", error)
@@ -334,9 +316,9 @@ class SidecarServer:
                 await asyncio.sleep(drain)
             await self._server.stop(max(grace - drain, 0))
             self._server = None
-        store, self.holder.store = self.holder.store, None
-        if store is not None:
-            await asyncio.to_thread(store.close)
+        backend, self.holder.backend = self.holder.backend, None
+        if backend is not None:
+            await backend.close()
             log.info("log durable, final checkpoint written, data directory released")
         if self._metrics_http is not None:
             self._metrics_http.stop()

@@ -1,9 +1,8 @@
-"""The gRPC servicers (grpc.aio): requests in, store calls, decisions out.
+"""The gRPC servicers (grpc.aio): request -> validated, typed values -> backend -> response.
 
-Everything on the signing path runs on the event loop thread: validation, the store's check-and-record (a few
-microseconds under the store lock, no I/O) and building the reply. The only wait is for the log's group commit,
-bridged from the flusher thread into an asyncio future; refusals do not wait for it (the contract lets them ride
-the next flush), batches always do.
+The servicers know the contract and the seam (`sidecar.backend`), nothing of how a backend stores or makes a
+decision durable: a backend's coroutine returns a decision only once it may be answered. Validation, the call
+into the backend and building the reply run on the event loop thread.
 
 Domain errors become statuses in exactly one place, `_status_for`; anything unexpected becomes UNAVAILABLE,
 i.e. "do not sign".
@@ -12,19 +11,20 @@ i.e. "do not sign".
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import io
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, cast
 
 import grpc
 from grpc import aio
 
+from sidecar.backend import SUMMARY_BOUNDS, AttestationRequest, Backend, CheckpointInfo
 from sidecar.errors import (
+    BackendUnavailableError,
     GenesisRootMismatchError,
     ImportRefusedError,
     InvalidRequestError,
@@ -33,8 +33,6 @@ from sidecar.errors import (
 )
 from sidecar.metrics import Metrics
 from sidecar.rules import ALLOWED_NEW, ALLOWED_REPEAT, Decision, Reason
-from sidecar.storage import LogUnavailableError, StorageError
-from sidecar.store import SUMMARY_BOUNDS, AttestationRequest, Store
 from sidecar.vocabulary import spelling
 from slashing_protection.v1 import (
     admin_pb2,
@@ -48,10 +46,9 @@ from slashing_protection.v1 import (
 __all__ = [
     "MAX_BATCH_SIZE",
     "AdminServicer",
-    "Durability",
+    "BackendHolder",
     "InterchangeServicer",
     "SigningServicer",
-    "StoreHolder",
     "decision_record_message",
 ]
 
@@ -65,10 +62,6 @@ U64_MAX = 2**64 - 1
 # batches, and a batch this size still answers within a few milliseconds.
 MAX_BATCH_SIZE = 10_000
 EXPORT_CHUNK_BYTES = 256 * 1024
-# A signing call that starts this long after the previous one ended, with none in flight, has no call queued
-# behind it to share an fsync with (see Durability).
-LONE_CALL_GAP_S = 100e-6
-LONE_CALL_STREAK = 16
 
 
 def _proto_reason(reason: int) -> signing_pb2.Reason:
@@ -81,31 +74,31 @@ _VERDICT_REFUSED = signing_pb2.VERDICT_REFUSED
 _SigningDecision = signing_pb2.SigningDecision
 
 
-class StoreHolder:
-    """The store once recovered, and whether the server takes signing calls. One per server.
+class BackendHolder:
+    """The backend once opened, and whether the server takes calls. One per server.
 
-    `ready` is False during recovery, after a durability failure (until the log heals) and from the start of
-    shutdown: every signing call is then refused with UNAVAILABLE.
+    `ready` is False while the backend opens (recovery), while it reports itself unhealthy (it cannot make
+    decisions durable) and from the start of shutdown: every call is then refused with UNAVAILABLE.
     """
 
     def __init__(self) -> None:
-        self.store: Store | None = None
+        self.backend: Backend | None = None
         self.accepting = False
-        self.log_healthy = True
+        self.healthy = True
 
     @property
     def ready(self) -> bool:
-        return self.store is not None and self.accepting and self.log_healthy
+        return self.backend is not None and self.accepting and self.healthy
 
-    def require(self) -> Store:
-        store = self.store
-        if store is None:
+    def require(self) -> Backend:
+        backend = self.backend
+        if backend is None:
             raise NotReadyError("not ready: recovery has not finished")
         if not self.accepting:
             raise NotReadyError("not ready: shutting down")
-        if not self.log_healthy:
-            raise NotReadyError("not ready: the decision log cannot be made durable (disk full or I/O error)")
-        return store
+        if not self.healthy:
+            raise NotReadyError("not ready: decisions cannot be made durable (disk full, I/O error or database)")
+        return backend
 
 
 def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -117,16 +110,14 @@ def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, NotReadyError):
         return grpc.StatusCode.UNAVAILABLE, str(error)
-    if isinstance(error, LogUnavailableError):
-        return grpc.StatusCode.UNAVAILABLE, f"do not sign: the decision could not be made durable ({error})"
-    if isinstance(error, StorageError):
-        return grpc.StatusCode.UNAVAILABLE, f"do not sign: storage error ({error})"
+    if isinstance(error, BackendUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE, f"do not sign: {error}"
     return grpc.StatusCode.UNAVAILABLE, f"do not sign: internal error ({type(error).__name__})"
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], error: BaseException) -> NoReturn:
     code, message = _status_for(error)
-    if code is grpc.StatusCode.UNAVAILABLE and not isinstance(error, NotReadyError | LogUnavailableError):
+    if code is grpc.StatusCode.UNAVAILABLE and not isinstance(error, NotReadyError | BackendUnavailableError):
         log.error("refusing a call on an unexpected error", exc_info=error)
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")
@@ -135,71 +126,6 @@ async def _abort(context: aio.ServicerContext[Any, Any], error: BaseException) -
 def _check_bytes(value: bytes, size: int, field: str) -> None:
     if len(value) != size:
         raise InvalidRequestError(f"{field} must be {size} bytes, got {len(value)}")
-
-
-class Durability:
-    """Bridges the log's group commit and the event loop. One per loop.
-
-    The loop's own appends do not wake the flusher each (see `DecisionLog.defer_wakeups_on_this_thread`): it is
-    woken once per loop turn, after every call of the turn has appended, so they share one fsync. A lone call,
-    with nothing to share the fsync with, writes its record itself instead, which saves two thread handoffs on
-    the latency a single signer sees; not while fsyncs are slow, so a stalling disk never freezes the loop more
-    than once. Released calls come back in one wakeup (one `call_soon_threadsafe`) per group commit.
-    """
-
-    # Above this, the newest fsync says the disk is struggling: leave writes to the flusher thread.
-    INLINE_FSYNC_LIMIT_S = 0.002
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._released: collections.deque[tuple[asyncio.Future[None], BaseException | None]] = collections.deque()
-        self._release_scheduled = False
-        self._wake_scheduled = False
-
-    def wait(self, store: Store, sequence: int, *, lone: bool = False) -> asyncio.Future[None]:
-        """A future that completes once `sequence` is durable (or fails with the log's error)."""
-        future: asyncio.Future[None] = self._loop.create_future()
-        log = store.log
-        if lone and log.durable_sequence < sequence and log.last_fsync_seconds < self.INLINE_FSYNC_LIMIT_S:
-            log.flush_here()
-        if log.durable_sequence >= sequence:
-            future.set_result(None)
-            return future
-
-        def resolved(error: BaseException | None) -> None:  # on the flusher thread, usually
-            self._released.append((future, error))
-            # Ordering makes this safe without a lock: the loop clears the flag before it drains, so a release
-            # that still sees the flag set is appended before that drain starts.
-            if not self._release_scheduled:
-                self._release_scheduled = True
-                self._loop.call_soon_threadsafe(self._settle_released)
-
-        log.add_durable_callback(sequence, resolved)
-        self.wake_soon(store)
-        return future
-
-    def wake_soon(self, store: Store) -> None:
-        """Wake the flusher at the end of this loop turn, for whatever the turn appended (refusals included:
-        they do not wait, but they go to disk with the next group commit)."""
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            self._loop.call_soon(self._wake, store)
-
-    def _wake(self, store: Store) -> None:
-        self._wake_scheduled = False
-        store.log.wake()
-
-    def _settle_released(self) -> None:
-        self._release_scheduled = False
-        released = self._released
-        while released:
-            future, error = released.popleft()
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
 
 
 def _signing_decision(decision: Decision, sequence: int) -> signing_pb2.SigningDecision:
@@ -230,42 +156,21 @@ def _log_refusal(kind: str, pubkey: bytes, detail: str, decision: Decision) -> N
 
 
 class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
-    def __init__(self, holder: StoreHolder, metrics: Metrics, durability: Durability) -> None:
+    def __init__(self, holder: BackendHolder, metrics: Metrics) -> None:
         self._holder = holder
         self._metrics = metrics
-        self._durability = durability
         self._tally = metrics.decision_tally
         self._observe = metrics.decision_seconds.observe
-        # Signing calls being handled now, and when the newest one ended: together they tell a lone call.
-        self._in_flight = 0
-        self._last_ended = 0.0
-        self._solo_streak = 0
 
-    def _store_for(self, genesis_validators_root: bytes) -> Store:
-        store = self._holder.require()
+    def _backend_for(self, genesis_validators_root: bytes) -> Backend:
+        backend = self._holder.require()
         _check_bytes(genesis_validators_root, ROOT_SIZE, "genesis_validators_root")
-        if genesis_validators_root != store.genesis_validators_root:
+        if genesis_validators_root != backend.genesis_validators_root:
             raise GenesisRootMismatchError(
                 f"genesis_validators_root 0x{genesis_validators_root.hex()} differs from the database's "
-                f"0x{store.genesis_validators_root.hex()}"
+                f"0x{backend.genesis_validators_root.hex()}"
             )
-        return store
-
-    def _enter(self, now: float) -> bool:
-        """Counts a signing call in; returns whether it is alone (see Durability): no other call in flight, none
-        ended just now, and the same for the previous LONE_CALL_STREAK calls. Calls queued behind each other
-        start within a loop turn of the previous one's end, while a lone signer's next call comes at least a
-        network round trip later; the streak keeps one quiet moment in a busy stream from blocking the loop."""
-        self._in_flight += 1
-        if self._in_flight > 1 or now - self._last_ended <= LONE_CALL_GAP_S:
-            self._solo_streak = 0
-            return False
-        self._solo_streak += 1
-        return self._solo_streak > LONE_CALL_STREAK
-
-    def _leave(self) -> None:
-        self._in_flight -= 1
-        self._last_ended = time.perf_counter()
+        return backend
 
     @staticmethod
     def _check_deadline(context: aio.ServicerContext[Any, Any]) -> None:
@@ -278,23 +183,19 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         self, request: signing_pb2.CheckAndRecordBlockRequest, context: aio.ServicerContext[Any, Any]
     ) -> signing_pb2.CheckAndRecordBlockResponse:
         started = time.perf_counter()
-        lone = self._enter(started)
         try:
             _check_bytes(request.pubkey, PUBKEY_SIZE, "pubkey")
             _check_bytes(request.signing_root, ROOT_SIZE, "signing_root")
-            store = self._store_for(request.genesis_validators_root)
+            backend = self._backend_for(request.genesis_validators_root)
             self._check_deadline(context)
-            decision, sequence = store.check_and_record_block(request.pubkey, request.slot, request.signing_root)
+            decision, sequence = await backend.check_and_record_block(
+                request.pubkey, request.slot, request.signing_root
+            )
             self._tally["block", decision.reason] += 1
-            if decision.allowed:
-                await self._durability.wait(store, sequence, lone=lone)
-            else:
-                self._durability.wake_soon(store)
+            if not decision.allowed:
                 _log_refusal("block", request.pubkey, f"slot {request.slot}", decision)
         except Exception as error:  # every failure is "do not sign"
             await _abort(context, error)
-        finally:
-            self._leave()
         response = signing_pb2.CheckAndRecordBlockResponse(decision=_signing_decision(decision, sequence))
         self._observe(time.perf_counter() - started)
         return response
@@ -303,24 +204,18 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         self, request: signing_pb2.CheckAndRecordAttestationRequest, context: aio.ServicerContext[Any, Any]
     ) -> signing_pb2.CheckAndRecordAttestationResponse:
         started = time.perf_counter()
-        lone = self._enter(started)
         try:
             item = self._attestation(request, "")
-            store = self._store_for(request.genesis_validators_root)
+            backend = self._backend_for(request.genesis_validators_root)
             self._check_deadline(context)
-            ((decision, sequence),) = store.check_and_record_attestations([item])
+            decision, sequence = await backend.check_and_record_attestation(*item)
             self._tally["attestation", decision.reason] += 1
-            if decision.allowed:
-                await self._durability.wait(store, sequence, lone=lone)
-            else:
-                self._durability.wake_soon(store)
+            if not decision.allowed:
                 _log_refusal(
                     "attestation", item.pubkey, f"source {item.source_epoch}, target {item.target_epoch}", decision
                 )
         except Exception as error:
             await _abort(context, error)
-        finally:
-            self._leave()
         response = signing_pb2.CheckAndRecordAttestationResponse(decision=_signing_decision(decision, sequence))
         self._observe(time.perf_counter() - started)
         return response
@@ -339,7 +234,6 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
         self, request: signing_pb2.CheckAndRecordAttestationsRequest, context: aio.ServicerContext[Any, Any]
     ) -> signing_pb2.CheckAndRecordAttestationsResponse:
         started = time.perf_counter()
-        lone = self._enter(started)
         try:
             items = request.attestations
             count = len(items)
@@ -347,8 +241,8 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                 raise InvalidRequestError("attestations must not be empty")
             if count > MAX_BATCH_SIZE:
                 raise InvalidRequestError(f"batch of {count} attestations exceeds the cap of {MAX_BATCH_SIZE}")
-            store = self._holder.require()
-            root = store.genesis_validators_root
+            backend = self._holder.require()
+            root = backend.genesis_validators_root
             batch = [
                 (message.pubkey, message.source_epoch, message.target_epoch, message.signing_root)
                 for message in items
@@ -361,16 +255,13 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                     self._attestation(message, f"attestations[{index}].")
             if [message.genesis_validators_root for message in items].count(root) != count:
                 for message in items:
-                    self._store_for(message.genesis_validators_root)
+                    self._backend_for(message.genesis_validators_root)
             if len({item[0] for item in batch}) != count:
                 raise InvalidRequestError("a batch may not name one pubkey twice")
             self._check_deadline(context)
-            decided = store.check_and_record_attestations(batch)
-            await self._durability.wait(store, decided[-1][1], lone=lone)
+            decided = await backend.check_and_record_attestations(batch)  # type: ignore[arg-type]
         except Exception as error:
             await _abort(context, error)
-        finally:
-            self._leave()
         response = signing_pb2.CheckAndRecordAttestationsResponse()
         self._answer(response, batch, decided)
         self._observe(time.perf_counter() - started)
@@ -403,37 +294,6 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
             self._tally["attestation", Reason.ALLOWED_NEW] += allowed_new
         if allowed_repeat:
             self._tally["attestation", Reason.ALLOWED_REPEAT] += allowed_repeat
-
-
-def _run_in_own_thread(function: Callable[[], Any], name: str) -> asyncio.Future[Any]:
-    """Runs a long blocking job in a thread of its own (never the loop's shared executor, which the job's own
-    feeding could then starve) and returns a future for its result on the running loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-    def run() -> None:
-        outcome: tuple[Any, BaseException | None]
-        try:
-            outcome = (function(), None)
-        except BaseException as error:  # handed to the loop, which re-raises it to the awaiting call
-            outcome = (None, error)
-        # The loop may be gone by now (server stopped while the job ran): then nobody is waiting.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    # If the awaiting call goes away first (client cancelled), nobody retrieves the job's failure: mark it
-    # retrieved so asyncio does not report it as lost.
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 class _StreamReader(io.RawIOBase):
@@ -532,15 +392,16 @@ class _StreamWriter(io.RawIOBase):
             self._pending.clear()
         return len(data)
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
+        """On the loop, once the exporter has returned: the last partial chunk, then the end marker."""
         if self._pending:
-            self._put(bytes(self._pending))
+            await self._chunks.put(bytes(self._pending))
             self._pending.clear()
-        self._put(None)
+        await self._chunks.put(None)
 
 
 class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
-    def __init__(self, holder: StoreHolder, metrics: Metrics) -> None:
+    def __init__(self, holder: BackendHolder, metrics: Metrics) -> None:
         self._holder = holder
         self._metrics = metrics
 
@@ -558,11 +419,8 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
 
         reader = _StreamReader(request_iterator, asyncio.get_running_loop())
         try:
-            store = self._holder.require()
-            source = io.BufferedReader(reader)
-            result = await _run_in_own_thread(
-                lambda: store.import_interchange(source, progress=progress), name="import"
-            )
+            backend = self._holder.require()
+            result = await backend.import_interchange(io.BufferedReader(reader), progress=progress)
         except Exception as error:
             metrics.imports.labels("refused").inc()
             await _abort(context, error)
@@ -594,7 +452,7 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
         writer: _StreamWriter | None = None
         next_chunk: asyncio.Future[bytes | None] | None = None
         try:
-            store = self._holder.require()
+            backend = self._holder.require()
             pubkeys = list(request.pubkeys) or None
             for pubkey in pubkeys or ():
                 _check_bytes(pubkey, PUBKEY_SIZE, "pubkeys[]")
@@ -602,11 +460,11 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
             writer = _StreamWriter(chunks, asyncio.get_running_loop())
             stream_writer = writer
 
-            def run_export() -> None:
-                store.export_interchange(stream_writer, pubkeys)  # type: ignore[arg-type]
-                stream_writer.finish()
+            async def run_export() -> None:
+                await backend.export_interchange(stream_writer, pubkeys)  # type: ignore[arg-type]
+                await stream_writer.finish()
 
-            done = _run_in_own_thread(run_export, name="export")
+            done = asyncio.ensure_future(run_export())
             while True:
                 next_chunk = asyncio.ensure_future(chunks.get())
                 await asyncio.wait({next_chunk, done}, return_when=asyncio.FIRST_COMPLETED)
@@ -629,24 +487,22 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, holder: StoreHolder, durability: Durability, save_checkpoint: Callable[[], Any]) -> None:
+    def __init__(self, holder: BackendHolder, save_checkpoint: Callable[[], Awaitable[CheckpointInfo]]) -> None:
         self._holder = holder
-        self._durability = durability
+        # The server's: it logs and measures every checkpoint, scheduled or asked for.
         self._save_checkpoint = save_checkpoint
 
     async def RegisterValidators(
         self, request: admin_pb2.RegisterValidatorsRequest, context: aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RegisterValidatorsResponse:
         try:
-            store = self._holder.require()
+            backend = self._holder.require()
             if not request.pubkeys:
                 raise InvalidRequestError("pubkeys must not be empty")
             for index, pubkey in enumerate(request.pubkeys):
                 if len(pubkey) != PUBKEY_SIZE:
                     raise InvalidRequestError(f"pubkeys[{index}] must be {PUBKEY_SIZE} bytes, got {len(pubkey)}")
-            registered, already, sequence = store.register_validators(list(request.pubkeys))
-            if sequence:
-                await self._durability.wait(store, sequence)
+            registered, already, sequence = await backend.register_validators(list(request.pubkeys))
         except Exception as error:
             await _abort(context, error)
         return admin_pb2.RegisterValidatorsResponse(
@@ -658,20 +514,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.SaveCheckpointResponse:
         try:
             self._holder.require()
-            info = await asyncio.get_running_loop().run_in_executor(None, self._save_checkpoint)
+            info = await self._save_checkpoint()
         except Exception as error:
             await _abort(context, error)
         return admin_pb2.SaveCheckpointResponse(
-            sequence=info.sequence, validators=info.validators, file_name=info.path.name
+            sequence=info.sequence, validators=info.validators, file_name=info.name
         )
 
     async def GetValidatorSummary(
         self, request: admin_pb2.GetValidatorSummaryRequest, context: aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetValidatorSummaryResponse:
         try:
-            store = self._holder.require()
+            backend = self._holder.require()
             _check_bytes(request.pubkey, PUBKEY_SIZE, "pubkey")
-            summary = store.summary(request.pubkey)
+            summary = await backend.summary(request.pubkey)
         except Exception as error:
             await _abort(context, error)
         if summary is None:
@@ -696,30 +552,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListDecisionsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[admin_pb2.DecisionRecord]:
         try:
-            store = self._holder.require()
+            backend = self._holder.require()
             pubkey = request.pubkey or None
             if pubkey is not None:
                 _check_bytes(pubkey, PUBKEY_SIZE, "pubkey")
-            # Refusals already answered may still ride the next flush: read only once they are on disk too.
-            await self._durability.wait(store, store.log.last_sequence)
-            records = store.decisions(pubkey, request.since_sequence)
-            while True:
-                batch = await asyncio.to_thread(_take, records, 512)
-                for record in batch:
-                    yield decision_record_message(record)
-                if len(batch) < 512:
-                    break
+            async for record in backend.decisions(pubkey, request.since_sequence):
+                yield decision_record_message(record)
         except Exception as error:
             await _abort(context, error)
-
-
-def _take(records: Iterator[Any], count: int) -> list[Any]:
-    batch = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == count:
-            break
-    return batch
 
 
 def decision_record_message(record: Any) -> admin_pb2.DecisionRecord:

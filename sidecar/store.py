@@ -27,7 +27,6 @@ log could lose.
 from __future__ import annotations
 
 import contextlib
-import enum
 import gc
 import json
 import logging
@@ -51,6 +50,16 @@ from interchange import (
     write_interchange,
 )
 from sidecar.audit import DecisionRecord, decode_decision, read_decisions
+from sidecar.backend import (
+    SUMMARY_BOUNDS,
+    SUMMARY_COUNTS,
+    AttestationRequest,
+    ImportResult,
+    ImportStatus,
+    Strategy,
+    ValidatorImportOutcome,
+    ValidatorSummary,
+)
 from sidecar.errors import (
     DataDirError,
     GenesisRootMismatchError,
@@ -82,14 +91,19 @@ from sidecar.storage import (
 )
 from sidecar.storage import state_codec as codec
 
+# The value types are the seam's (sidecar.backend); re-exported for the local backend's callers.
 __all__ = [
     "DEFAULT_HISTORY_WINDOW_EPOCHS",
+    "SUMMARY_BOUNDS",
+    "SUMMARY_COUNTS",
     "AttestationRequest",
     "ImportResult",
     "ImportStatus",
     "Store",
     "StoreOptions",
     "Strategy",
+    "ValidatorImportOutcome",
+    "ValidatorSummary",
 ]
 
 log = logging.getLogger("sidecar.store")
@@ -118,23 +132,6 @@ MAX_LISTED_IMPORT_RESULTS = 1000
 IMPORT_PART_BYTES = 2 * 1024 * 1024
 
 
-class Strategy(enum.Enum):
-    """How imports treat history: keep every record, or only the highest block and attestation."""
-
-    COMPLETE = "complete"
-    MINIMAL = "minimal"
-
-
-class ImportStatus(enum.IntEnum):
-    """Per-key import outcome. Values equal the proto `ImportStatus` numbers."""
-
-    IMPORTED = 1
-    MERGED = 2
-    MINIFIED = 3
-    UNCHANGED = 4
-    IMPORTED_SLASHABLE_DATA = 5
-
-
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
     strategy: Strategy = Strategy.COMPLETE
@@ -146,67 +143,6 @@ class StoreOptions:
     clock_ns: Callable[[], int] = time.time_ns
     on_health_change: Callable[[bool], None] | None = None
     on_fsync: Callable[[float, int, int], None] | None = None
-
-
-class AttestationRequest(NamedTuple):
-    """One attestation to decide. Any (pubkey, source_epoch, target_epoch, signing_root) tuple will do: the hot
-    path unpacks it positionally."""
-
-    pubkey: bytes
-    source_epoch: int
-    target_epoch: int
-    signing_root: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ValidatorImportOutcome:
-    pubkey: bytes
-    status: ImportStatus
-    message: str
-
-
-@dataclass(slots=True)
-class ImportResult:
-    validators: int = 0
-    imported: int = 0
-    results: list[ValidatorImportOutcome] = field(default_factory=list)
-    results_omitted: int = 0
-    sequence: int = 0
-    status_counts: dict[ImportStatus, int] = field(default_factory=dict)
-
-
-# GetValidatorSummary's fields, in the order operators read them: counts always present, bounds only when set.
-SUMMARY_COUNTS = ("block_count", "attestation_count", "allowed_decisions", "refused_decisions")
-SUMMARY_BOUNDS = (
-    "lowest_slot",
-    "highest_slot",
-    "lowest_source_epoch",
-    "highest_source_epoch",
-    "lowest_target_epoch",
-    "highest_target_epoch",
-    "slot_floor",
-    "source_epoch_floor",
-    "target_epoch_floor",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ValidatorSummary:
-    pubkey: bytes
-    block_count: int
-    attestation_count: int
-    lowest_slot: int | None
-    highest_slot: int | None
-    lowest_source_epoch: int | None
-    highest_source_epoch: int | None
-    lowest_target_epoch: int | None
-    highest_target_epoch: int | None
-    slot_floor: int | None
-    source_epoch_floor: int | None
-    target_epoch_floor: int | None
-    allowed_decisions: int
-    refused_decisions: int
-    last_decision: DecisionRecord | None
 
 
 @dataclass(frozen=True, slots=True)

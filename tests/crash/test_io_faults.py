@@ -18,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from sidecar.local import LocalBackend
 from sidecar.server import HEALTH_SERVICES
 from sidecar.storage import FileOps, read_records
 from sidecar.verify import verify_data_dir
@@ -234,7 +235,9 @@ def assert_clean_restart(data_dir: Path, answers: list[tuple[Attestation | Block
     blocks = [m for m, _ in answers if isinstance(m, Block)]
     assert not attestation_conflicts(attestations) and not block_conflicts(blocks)
     with running_server(data_dir, GENESIS_VALIDATORS_ROOT, **SERVER_OPTIONS) as server:
-        recorded = {record.sequence: record for record in server.server.holder.require().decisions()}
+        backend = server.server.holder.require()
+        assert isinstance(backend, LocalBackend)
+        recorded = {record.sequence: record for record in backend.store.decisions()}
         signer = Signer(server)
         for message, sequence in answers:
             record = recorded.get(sequence)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from sidecar.server import ServeConfig, SidecarServer
+from sidecar.store import StoreOptions
 from slashing_protection.v1 import admin_pb2_grpc, interchange_pb2_grpc, signing_pb2_grpc
 
 ZERO_ROOT = bytes(32)
@@ -42,7 +43,10 @@ class Running:
 def running_server(
     data_dir: Path, genesis_validators_root: bytes | None = ZERO_ROOT, recover: bool = True, **options: Any
 ) -> Iterator[Running]:
-    """Starts a server in a thread of its own; on exit stops it gracefully (final checkpoint, lock released)."""
+    """Starts a server in a thread of its own; on exit stops it gracefully (final checkpoint, lock released).
+    `options` are ServeConfig's or StoreOptions' fields (strategy=..., fileops=...)."""
+    store_fields = {option.name for option in fields(StoreOptions)}
+    store = StoreOptions(**{name: value for name, value in options.items() if name in store_fields})
     config = replace(
         ServeConfig(
             data_dir=data_dir,
@@ -50,8 +54,9 @@ def running_server(
             listen="127.0.0.1:0",
             checkpoint_interval=0,
             shutdown_grace=2.0,
+            store=store,
         ),
-        **options,
+        **{name: value for name, value in options.items() if name not in store_fields},
     )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-server-loop", daemon=True)

@@ -1,0 +1,248 @@
+"""The storage seam: what the servicers, the server and the CLI need from a protection database, and nothing
+more.
+
+A backend owns the validators' histories and decides with the pure rules of `sidecar.rules`: the rules are one
+source of truth for every backend. What a backend adds is where the histories live, how a decision becomes
+durable and how concurrent deciders are kept apart:
+
+* `sidecar.local` (the default): one data directory, one process; decisions under one in-process lock, made
+  durable by a group-committed, fsynced append-only log.
+* a shared database (later, one more package beside `sidecar.local`): several replicas, the database arbitrates.
+
+The contract every backend keeps (the servicers rely on it and on nothing else):
+
+* **Durable before allowed.** `check_and_record_*` return only once every ALLOWED decision they return is on
+  stable storage. A refusal is recorded too but may become durable a little later (it never lets anything be
+  signed, so losing it in a crash is harmless). When durability cannot be reached the call raises
+  `BackendUnavailableError` and the caller must not sign.
+* **Linearizable per validator**: two concurrent conflicting requests for one key never both get ALLOWED.
+* **Fail closed**: any doubt raises; no path answers ALLOWED by default.
+* Imports are all or nothing and only ever add protection; floors only rise (see `sidecar.history`).
+
+Methods are coroutines for the event loop of the gRPC server. A backend runs blocking work (fsync, a database
+round trip, an import's parsing) where it does not stall that loop, or bounds how long it may.
+
+Choose a backend in one place: `open_backend` (the server and the CLI call it).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
+
+from sidecar.audit import DecisionRecord
+from sidecar.rules import Decision
+
+if TYPE_CHECKING:
+    from sidecar.store import StoreOptions
+
+__all__ = [
+    "SUMMARY_BOUNDS",
+    "SUMMARY_COUNTS",
+    "AttestationRequest",
+    "Backend",
+    "CheckpointInfo",
+    "ImportResult",
+    "ImportStatus",
+    "Registration",
+    "StartupReport",
+    "Strategy",
+    "ValidatorImportOutcome",
+    "ValidatorSummary",
+    "open_backend",
+]
+
+
+class Strategy(enum.Enum):
+    """How imports treat history: keep every record, or only the highest block and attestation."""
+
+    COMPLETE = "complete"
+    MINIMAL = "minimal"
+
+
+class AttestationRequest(NamedTuple):
+    """One attestation to decide. Any (pubkey, source_epoch, target_epoch, signing_root) tuple will do: the hot
+    path unpacks it positionally."""
+
+    pubkey: bytes
+    source_epoch: int
+    target_epoch: int
+    signing_root: bytes
+
+
+class ImportStatus(enum.IntEnum):
+    """Per-key import outcome. Values equal the proto `ImportStatus` numbers."""
+
+    IMPORTED = 1
+    MERGED = 2
+    MINIFIED = 3
+    UNCHANGED = 4
+    IMPORTED_SLASHABLE_DATA = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorImportOutcome:
+    pubkey: bytes
+    status: ImportStatus
+    message: str
+
+
+@dataclass(slots=True)
+class ImportResult:
+    validators: int = 0
+    imported: int = 0
+    results: list[ValidatorImportOutcome] = field(default_factory=list)
+    results_omitted: int = 0
+    sequence: int = 0
+    status_counts: dict[ImportStatus, int] = field(default_factory=dict)
+
+
+class Registration(NamedTuple):
+    """What `register_validators` did, counting each distinct key once; `sequence` is 0 when nothing changed."""
+
+    registered: int
+    already_registered: int
+    sequence: int
+
+
+# GetValidatorSummary's fields, in the order operators read them: counts always present, bounds only when set.
+SUMMARY_COUNTS = ("block_count", "attestation_count", "allowed_decisions", "refused_decisions")
+SUMMARY_BOUNDS = (
+    "lowest_slot",
+    "highest_slot",
+    "lowest_source_epoch",
+    "highest_source_epoch",
+    "lowest_target_epoch",
+    "highest_target_epoch",
+    "slot_floor",
+    "source_epoch_floor",
+    "target_epoch_floor",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorSummary:
+    pubkey: bytes
+    block_count: int
+    attestation_count: int
+    lowest_slot: int | None
+    highest_slot: int | None
+    lowest_source_epoch: int | None
+    highest_source_epoch: int | None
+    lowest_target_epoch: int | None
+    highest_target_epoch: int | None
+    slot_floor: int | None
+    source_epoch_floor: int | None
+    target_epoch_floor: int | None
+    allowed_decisions: int
+    refused_decisions: int
+    last_decision: DecisionRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """A checkpoint (or the backend's equivalent) just taken: what it covers and how long it took."""
+
+    sequence: int
+    validators: int
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartupReport:
+    """What opening a backend found, for the operator's "ready" line and the metrics."""
+
+    validators: int
+    seconds: float
+    # Local backend: the checkpoint's sequence and the log records replayed after it.
+    checkpoint_sequence: int = 0
+    replayed_records: int = 0
+    repaired_torn_tail: bool = False
+    problems: tuple[str, ...] = ()
+
+
+class Backend(Protocol):
+    """A protection database (see the module doc for the contract)."""
+
+    @property
+    def genesis_validators_root(self) -> bytes:
+        """The chain this database protects; every request must name it."""
+        ...
+
+    @property
+    def startup(self) -> StartupReport: ...
+
+    @property
+    def validator_count(self) -> int: ...
+
+    @property
+    def last_checkpoint_unix(self) -> float | None:
+        """When the newest checkpoint was taken (None: never, or not a notion of this backend)."""
+        ...
+
+    async def check_and_record_block(self, pubkey: bytes, slot: int, signing_root: bytes) -> tuple[Decision, int]:
+        """Decides a block proposal and records the decision; returns it with its sequence number once an
+        ALLOWED answer is durable. Raises BackendUnavailableError when it cannot be made durable."""
+        ...
+
+    async def check_and_record_attestation(
+        self, pubkey: bytes, source_epoch: int, target_epoch: int, signing_root: bytes
+    ) -> tuple[Decision, int]:
+        """As `check_and_record_block`, for one attestation."""
+        ...
+
+    async def check_and_record_attestations(
+        self, requests: Sequence[AttestationRequest]
+    ) -> list[tuple[Decision, int]]:
+        """Decides each attestation (distinct pubkeys: the contract forbids one key twice in a batch), in order,
+        and returns once every decision of the batch is durable, refusals included (a batch waits for one
+        commit, and its reply promises the whole batch is on disk)."""
+        ...
+
+    async def register_validators(self, pubkeys: Sequence[bytes]) -> Registration:
+        """Registers keys (durably, when any is new)."""
+        ...
+
+    async def import_interchange(
+        self, source: BinaryIO, progress: Callable[[int], None] | None = None
+    ) -> ImportResult:
+        """Imports one EIP-3076 document read from the blocking file `source`, all or nothing, durably.
+        `progress` is called with the number of entries read so far (from the reading thread)."""
+        ...
+
+    async def export_interchange(
+        self, out: BinaryIO, pubkeys: Sequence[bytes] | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Writes an EIP-3076 v5 document of the keys (all when None) to the blocking file `out`; returns the
+        number of keys. Unknown keys raise UnknownValidatorError before anything is written."""
+        ...
+
+    async def summary(self, pubkey: bytes) -> ValidatorSummary | None:
+        """Counts and bounds of one key; None when it is not registered."""
+        ...
+
+    def decisions(self, pubkey: bytes | None = None, since_sequence: int = 0) -> AsyncIterator[DecisionRecord]:
+        """Every recorded decision still held (the audit trail), oldest first, durable ones only."""
+        ...
+
+    async def save_checkpoint(self) -> CheckpointInfo:
+        """Takes a checkpoint now (what restarts recover from); while serving it must not stall deciding."""
+        ...
+
+    async def close(self) -> None:
+        """Makes everything durable, releases the database. Idempotent."""
+        ...
+
+
+async def open_backend(data_dir: Path, genesis_validators_root: bytes | None, options: StoreOptions) -> Backend:
+    """Opens (and recovers) the protection database the configuration names, ready to decide, for use on the
+    running event loop. Today that is the local data directory. The one place a backend is chosen: the server
+    and the CLI call it. `genesis_validators_root` is needed to create a database, and must match an existing
+    one's when given."""
+    from sidecar.local import LocalBackend
+
+    return await LocalBackend.open(data_dir, genesis_validators_root, options)

@@ -1,0 +1,232 @@
+"""`LocalBackend`: the `sidecar.backend.Backend` of one data directory (see the package doc)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from sidecar.audit import DecisionRecord
+from sidecar.backend import (
+    AttestationRequest,
+    CheckpointInfo,
+    ImportResult,
+    Registration,
+    StartupReport,
+    ValidatorSummary,
+)
+from sidecar.errors import BackendUnavailableError
+from sidecar.local.durability import Durability, LoneCallDetector
+from sidecar.rules import Decision
+from sidecar.storage import LogUnavailableError, StorageError
+from sidecar.store import Store, StoreOptions
+
+__all__ = ["LocalBackend"]
+
+T = TypeVar("T")
+
+# Audit records handed from the reading thread to the loop at a time.
+DECISIONS_BATCH = 512
+
+
+def _unavailable(error: StorageError) -> BackendUnavailableError:
+    """The storage layer's failure in the seam's words (the servicers know no log and no file)."""
+    if isinstance(error, LogUnavailableError):
+        return BackendUnavailableError(f"the decision could not be made durable ({error})")
+    return BackendUnavailableError(f"storage error ({error})")
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as error:
+        raise _unavailable(error) from error
+
+
+class LocalBackend:
+    """One data directory behind the seam. Create with `open` on the event loop that will call it; every
+    coroutine must run on that loop (the durability bridge and the lone-call rule assume one loop)."""
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self._durability = Durability(loop, store.log)
+        self._lone = LoneCallDetector()
+        recovery = store.recovery
+        assert recovery is not None, "store used before recovery"
+        self._startup = StartupReport(
+            validators=recovery.validators,
+            seconds=recovery.seconds,
+            checkpoint_sequence=recovery.checkpoint_sequence,
+            replayed_records=recovery.replayed_records,
+            repaired_torn_tail=recovery.repaired_torn_tail,
+            problems=recovery.problems,
+        )
+
+    @classmethod
+    async def open(
+        cls, data_dir: Path, genesis_validators_root: bytes | None, options: StoreOptions
+    ) -> LocalBackend:
+        """Locks and recovers DIR in a worker thread (recovery can take seconds), on the running loop."""
+        store = await asyncio.to_thread(Store.open_or_create, data_dir, genesis_validators_root, options)
+        return cls(store, asyncio.get_running_loop())
+
+    # ---------------------------------------------------------------- facts
+
+    @property
+    def genesis_validators_root(self) -> bytes:
+        return self.store.genesis_validators_root
+
+    @property
+    def startup(self) -> StartupReport:
+        return self._startup
+
+    @property
+    def validator_count(self) -> int:
+        return self.store.validator_count
+
+    @property
+    def last_checkpoint_unix(self) -> float | None:
+        return self.store.last_checkpoint_unix
+
+    # ---------------------------------------------------------------- the hot path
+
+    async def check_and_record_block(self, pubkey: bytes, slot: int, signing_root: bytes) -> tuple[Decision, int]:
+        lone = self._lone.enter()
+        try:
+            decision, sequence = self.store.check_and_record_block(pubkey, slot, signing_root)
+            await self._settle(decision, sequence, lone)
+        except StorageError as error:  # the hot path spells out what _translated does
+            raise _unavailable(error) from error
+        finally:
+            self._lone.leave()
+        return decision, sequence
+
+    async def check_and_record_attestation(
+        self, pubkey: bytes, source_epoch: int, target_epoch: int, signing_root: bytes
+    ) -> tuple[Decision, int]:
+        lone = self._lone.enter()
+        try:
+            ((decision, sequence),) = self.store.check_and_record_attestations(
+                [(pubkey, source_epoch, target_epoch, signing_root)]
+            )
+            await self._settle(decision, sequence, lone)
+        except StorageError as error:
+            raise _unavailable(error) from error
+        finally:
+            self._lone.leave()
+        return decision, sequence
+
+    async def check_and_record_attestations(
+        self, requests: Sequence[AttestationRequest]
+    ) -> list[tuple[Decision, int]]:
+        lone = self._lone.enter()
+        try:
+            decided = self.store.check_and_record_attestations(requests)
+            await self._durability.wait(decided[-1][1], lone=lone)
+        except StorageError as error:
+            raise _unavailable(error) from error
+        finally:
+            self._lone.leave()
+        return decided
+
+    async def _settle(self, decision: Decision, sequence: int, lone: bool) -> None:
+        """An allowed decision waits until durable; a refusal goes to disk with the next group commit."""
+        if decision.allowed:
+            await self._durability.wait(sequence, lone=lone)
+        else:
+            self._durability.wake_soon()
+
+    # ---------------------------------------------------------------- operators
+
+    async def register_validators(self, pubkeys: Sequence[bytes]) -> Registration:
+        with _translated():
+            registered, already, sequence = self.store.register_validators(list(pubkeys))
+            if sequence:
+                await self._durability.wait(sequence)
+        return Registration(registered, already, sequence)
+
+    async def import_interchange(
+        self, source: BinaryIO, progress: Callable[[int], None] | None = None
+    ) -> ImportResult:
+        with _translated():
+            return await _in_own_thread(lambda: self.store.import_interchange(source, progress=progress), "import")
+
+    async def export_interchange(
+        self, out: BinaryIO, pubkeys: Sequence[bytes] | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        selected = None if pubkeys is None else list(pubkeys)
+        with _translated():
+            return await _in_own_thread(
+                lambda: self.store.export_interchange(out, selected, progress=progress), "export"
+            )
+
+    async def summary(self, pubkey: bytes) -> ValidatorSummary | None:
+        return self.store.summary(pubkey)  # a copy under the lock: microseconds
+
+    async def decisions(
+        self, pubkey: bytes | None = None, since_sequence: int = 0
+    ) -> AsyncIterator[DecisionRecord]:
+        with _translated():
+            # Refusals already answered may still ride the next flush: read only once they are on disk too.
+            await self._durability.wait(self.store.log.last_sequence)
+            records = self.store.decisions(pubkey, since_sequence)
+            while True:
+                batch = await asyncio.to_thread(_take, records, DECISIONS_BATCH)
+                for record in batch:
+                    yield record
+                if len(batch) < DECISIONS_BATCH:
+                    return
+
+    async def save_checkpoint(self) -> CheckpointInfo:
+        with _translated():
+            info = await asyncio.to_thread(self.store.save_checkpoint)
+        return CheckpointInfo(info.sequence, info.validators, info.path.name, info.seconds)
+
+    async def close(self) -> None:
+        with _translated():
+            await asyncio.to_thread(self.store.close)
+
+
+def _take(records: Iterator[T], count: int) -> list[T]:
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == count:
+            break
+    return batch
+
+
+def _in_own_thread(function: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Runs a long blocking job in a thread of its own (never the loop's shared executor, which the job's own
+    feeding could then starve: an import reads its document from the loop) and returns a future for its result
+    on the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def run() -> None:
+        outcome: tuple[Any, BaseException | None]
+        try:
+            outcome = (function(), None)
+        except BaseException as error:  # handed to the loop, which re-raises it to the awaiting call
+            outcome = (None, error)
+        # The loop may be gone by now (server stopped while the job ran): then nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    # If the awaiting call goes away first (client cancelled), nobody retrieves the job's failure: mark it
+    # retrieved so asyncio does not report it as lost.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future

@@ -1,0 +1,178 @@
+"""The seam's contract (`sidecar.backend.Backend`), driven directly, without gRPC: what every backend must do
+for the servicers to be right. Run against the local backend on a real data directory; written against the
+Protocol only (plus one fault injected below it), so that the next backend runs the same tests.
+
+* an ALLOWED decision is durable when the coroutine returns, and refusals and repeats are decided by the rules;
+* a batch is decided in order and durable as a whole;
+* a durability failure raises the backend-neutral `BackendUnavailableError`, never an answer;
+* registration, import, export, summary, the audit trail and checkpoints do what the contract says, and what was
+  acknowledged survives close and reopen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from sidecar.backend import AttestationRequest, Backend, ImportStatus, open_backend
+from sidecar.errors import BackendUnavailableError, UnknownValidatorError
+from sidecar.local import LocalBackend
+from sidecar.rules import Reason
+from sidecar.store import StoreOptions
+from tests.storage.fakes import FaultyFileOps
+
+GENESIS = bytes(32)
+A, B = bytes([0xAA]) * 32, bytes([0xBB]) * 32
+T = TypeVar("T")
+
+
+def key(number: int) -> bytes:
+    return bytes([0xA5]) + number.to_bytes(47, "big")
+
+
+def run(test: Callable[[Backend], Awaitable[T]], path: Path, options: StoreOptions | None = None) -> T:
+    async def body() -> T:
+        backend = await open_backend(path, GENESIS, options or StoreOptions())
+        try:
+            return await test(backend)
+        finally:
+            await backend.close()
+
+    return asyncio.run(body())
+
+
+def durable_through(backend: Backend) -> int:
+    """How far the local backend's log is on disk (the one look below the seam: the contract's durability)."""
+    assert isinstance(backend, LocalBackend)
+    return backend.store.log.durable_sequence
+
+
+def test_allowed_decisions_are_durable_when_returned(tmp_path: Path) -> None:
+    async def scenario(backend: Backend) -> None:
+        registration = await backend.register_validators([key(1), key(2), key(1)])
+        assert (registration.registered, registration.already_registered) == (2, 0)
+        assert durable_through(backend) >= registration.sequence
+
+        decision, sequence = await backend.check_and_record_block(key(1), 10, A)
+        assert decision.reason is Reason.ALLOWED_NEW and durable_through(backend) >= sequence
+        decision, sequence = await backend.check_and_record_attestation(key(1), 1, 2, A)
+        assert decision.reason is Reason.ALLOWED_NEW and durable_through(backend) >= sequence
+        assert (await backend.check_and_record_block(key(1), 10, A))[0].reason is Reason.ALLOWED_REPEAT
+        assert (await backend.check_and_record_block(key(1), 10, B))[0].reason is Reason.DOUBLE_PROPOSAL
+        assert (await backend.check_and_record_attestation(key(1), 1, 2, B))[0].reason is Reason.DOUBLE_VOTE
+        assert (await backend.check_and_record_block(key(9), 1, A))[0].reason is Reason.VALIDATOR_NOT_REGISTERED
+
+    run(scenario, tmp_path / "d")
+
+
+def test_a_batch_is_decided_in_order_and_durable_as_a_whole(tmp_path: Path) -> None:
+    async def scenario(backend: Backend) -> None:
+        await backend.register_validators([key(1), key(2)])
+        await backend.check_and_record_attestation(key(2), 3, 4, A)
+        decided = await backend.check_and_record_attestations(
+            [
+                AttestationRequest(key(1), 1, 2, A),
+                AttestationRequest(key(2), 2, 5, B),
+                AttestationRequest(key(3), 0, 1, A),
+            ]
+        )
+        assert [decision.reason for decision, _ in decided] == [
+            Reason.ALLOWED_NEW,
+            Reason.SURROUNDS_RECORDED_VOTE,
+            Reason.VALIDATOR_NOT_REGISTERED,
+        ]
+        sequences = [sequence for _, sequence in decided]
+        assert sequences == sorted(sequences) and len(set(sequences)) == 3
+        assert durable_through(backend) >= sequences[-1]  # refusals too: a batch waits for one commit
+
+    run(scenario, tmp_path / "d")
+
+
+def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothing(tmp_path: Path) -> None:
+    fileops = FaultyFileOps()
+
+    async def scenario(backend: Backend) -> None:
+        await backend.register_validators([key(1)])
+        fileops.fail("fdatasync", errno.EIO)
+        with pytest.raises(BackendUnavailableError, match="could not be made durable"):
+            await backend.check_and_record_block(key(1), 10, A)
+        with pytest.raises(BackendUnavailableError):
+            await backend.check_and_record_attestations([AttestationRequest(key(1), 1, 2, A)])
+        fileops.heal()
+        # The backend heals by itself once the disk does: a retry goes through (the same block: a repeat at
+        # worst, since the failed call's record may have been rewritten).
+        for _ in range(200):
+            try:
+                decision, _ = await backend.check_and_record_block(key(1), 10, A)
+                break
+            except BackendUnavailableError:
+                await asyncio.sleep(0.05)
+        assert decision.allowed
+
+    run(scenario, tmp_path / "d", StoreOptions(fileops=fileops))
+
+    async def after(backend: Backend) -> None:
+        # What was acknowledged survived; the failed calls were never answered, so nothing conflicts with them.
+        assert (await backend.check_and_record_block(key(1), 10, A))[0].reason is Reason.ALLOWED_REPEAT
+        assert (await backend.check_and_record_block(key(1), 10, B))[0].reason is Reason.DOUBLE_PROPOSAL
+
+    run(after, tmp_path / "d")
+
+
+def test_import_export_summary_decisions_and_checkpoint(tmp_path: Path) -> None:
+    document = {
+        "metadata": {"interchange_format_version": "5", "genesis_validators_root": "0x" + GENESIS.hex()},
+        "data": [
+            {
+                "pubkey": "0x" + key(1).hex(),
+                "signed_blocks": [{"slot": "7", "signing_root": "0x" + A.hex()}],
+                "signed_attestations": [{"source_epoch": "2", "target_epoch": "3"}],
+            }
+        ],
+    }
+
+    async def scenario(backend: Backend) -> bytes:
+        progress: list[int] = []
+        result = await backend.import_interchange(io.BytesIO(json.dumps(document).encode()), progress.append)
+        assert (result.validators, result.imported, progress[-1]) == (1, 1, 1)
+        summary = await backend.summary(key(1))
+        assert summary is not None
+        assert (summary.block_count, summary.slot_floor, summary.target_epoch_floor) == (1, 7, 3)
+        assert await backend.summary(key(2)) is None
+        await backend.check_and_record_block(key(1), 8, B)
+        await backend.check_and_record_block(key(1), 8, A)  # refused
+        records = [record async for record in backend.decisions(key(1))]
+        assert [(r.slot, r.reason) for r in records] == [(8, Reason.ALLOWED_NEW), (8, Reason.DOUBLE_PROPOSAL)]
+        out = io.BytesIO()
+        assert await backend.export_interchange(out, [key(1)]) == 1
+        with pytest.raises(UnknownValidatorError):
+            await backend.export_interchange(io.BytesIO(), [key(2)])
+        info = await backend.save_checkpoint()
+        assert info.validators == 1 and info.sequence >= records[-1].sequence
+        assert backend.last_checkpoint_unix is not None
+        return out.getvalue()
+
+    exported = run(scenario, tmp_path / "d")
+    assert json.loads(exported)["data"][0]["signed_blocks"][-1] == {"slot": "8", "signing_root": "0x" + B.hex()}
+
+    async def reopened(backend: Backend) -> None:
+        assert backend.startup.validators == 1
+        assert (await backend.check_and_record_block(key(1), 8, B))[0].reason is Reason.ALLOWED_REPEAT
+        again = await backend.import_interchange(io.BytesIO(json.dumps(document).encode()))
+        assert again.status_counts == {ImportStatus.UNCHANGED: 1}
+
+    run(reopened, tmp_path / "d")
+
+
+def test_close_is_idempotent(tmp_path: Path) -> None:
+    async def scenario(backend: Backend) -> None:
+        await backend.close()
+
+    run(scenario, tmp_path / "d")
