@@ -20,8 +20,9 @@ runner (``tests/fuzz/run.py``: libFuzzer's ``-timeout`` and ``-rss_limit_mb``).
 
 The first byte of a ``segment`` or ``checkpoint`` input is a mode, so that the fuzzer gets past checksums:
 bit 0 recomputes every CRC (each record's, or the checkpoint's); for a segment, bit 1 splits the log into two
-segments and bit 2 also recovers a store from it (ten times slower than reading alone). Files go to a
-directory under ``/dev/shm`` when it exists: recovery fsyncs, and memory makes that cheap.
+segments and bit 2 also recovers a store from it (ten times slower than reading alone). Files go to a scratch
+directory (``$SIDECAR_FUZZ_SCRATCH``, or a temporary one under ``/dev/shm`` when it exists: recovery fsyncs, and
+memory makes that cheap).
 """
 
 from __future__ import annotations
@@ -72,11 +73,18 @@ _scratch_root: Path | None = None
 
 
 def _scratch_base() -> Path:
+    """``$SIDECAR_FUZZ_SCRATCH`` when set (the runner's callers set it: libFuzzer ends the process without
+    running ``atexit``, so they remove it), else a temporary directory removed at exit."""
     global _scratch_root
     if _scratch_root is None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        _scratch_root = Path(tempfile.mkdtemp(prefix="sidecar-fuzz-", dir=base))
-        atexit.register(shutil.rmtree, _scratch_root, True)
+        given = os.environ.get("SIDECAR_FUZZ_SCRATCH")
+        if given:
+            _scratch_root = Path(given)
+            _scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            _scratch_root = Path(tempfile.mkdtemp(prefix="sidecar-fuzz-", dir=base))
+            atexit.register(shutil.rmtree, _scratch_root, True)
     return _scratch_root
 
 

@@ -9,6 +9,7 @@ finds wrong becomes a plain test of its exact bytes, committed with its fix.
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -75,6 +76,7 @@ def test_a_short_fuzzing_run_finds_nothing(tmp_path: Path, target: str) -> None:
             "-seed=1",
         ],
         cwd=REPO,
+        env={**os.environ, "SIDECAR_FUZZ_SCRATCH": str(tmp_path / "scratch")},
         capture_output=True,
         text=True,
         timeout=120,
