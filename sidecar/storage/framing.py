@@ -45,9 +45,7 @@ Decoding one record at an offset has exactly one of these outcomes (``Outcome``)
   bytes the caller has not supplied yet.
 
 Sequence continuity (consecutive numbers, first record matching the segment header) is a property of the log,
-not of one record; ``sidecar.storage.log`` checks it, and decides with :func:`unsynced_tail_problem` whether
-damage followed by intact records at the end of the last segment is what a power cut leaves of the final write
-(see the argument in ``sidecar.storage.log``).
+not of one record; ``sidecar.storage.log`` checks it.
 """
 
 from __future__ import annotations
@@ -76,7 +74,6 @@ __all__ = [
     "encode_records",
     "encode_segment_header",
     "find_intact_record",
-    "unsynced_tail_problem",
 ]
 
 SEGMENT_MAGIC = b"SIDECLOG"
@@ -346,74 +343,3 @@ def find_intact_record(data: Buffer, start: int, *, min_sequence: int, max_seque
         if crc32c.crc32c(view[candidate + _CRC_COVERAGE_START : frame_end]) == stored_crc:
             return candidate
     return None
-
-
-def unsynced_tail_problem(
-    data: Buffer, offset: int, expected_sequence: int, *, base_offset: int = 0
-) -> str | None:
-    """``None`` if ``data[offset:]`` (all of it, to the end of the segment) can be what a power cut leaves of
-    one write of consecutive records starting at ``expected_sequence``; otherwise why it cannot be.
-
-    Unsynced pages reach the disk in any order, whole sectors at a time, and a sector that never did reads back
-    as zeros; the file's new size may or may not have reached the disk. So such a tail is: records numbered on
-    from ``expected_sequence``, some intact and some damaged, where every damaged stretch (from a record that
-    does not decode to the next intact record that continues the numbering, or to the end) holds an all-zero
-    sector: a whole 512-byte sector of the file, or the piece of a sector from ``offset`` on (the write began
-    there, inside a sector written before) or the last piece of a sector at the end of the data. Damage a
-    power cut cannot make (a non-zero byte that was never written, a record numbered out of order, more
-    records missing than the bytes between could hold) is a problem.
-    """
-    end = len(data)
-    view = memoryview(data)
-    position = offset
-    expected = expected_sequence
-    while position < end:
-        decoded = decode_record(data, position, base_offset=base_offset)
-        if decoded.outcome is Outcome.RECORD:
-            if decoded.sequence != expected:
-                return (
-                    f"record at offset {base_offset + position} has sequence {decoded.sequence}, "
-                    f"expected {expected}"
-                )
-            position = decoded.next_offset
-            expected += 1
-            continue
-        most_records = (end - position) // RECORD_HEADER_SIZE + 1
-        following = find_intact_record(
-            data, position + 1, min_sequence=expected + 1, max_sequence=expected + most_records
-        )
-        stretch_end = end if following is None else following
-        if following is not None:
-            found = _RECORD_HEADER.unpack_from(data, following)[3]
-            if (found - expected) * RECORD_HEADER_SIZE > following - position:
-                return (
-                    f"record {found} at offset {base_offset + following} follows damage at offset "
-                    f"{base_offset + position} too closely to continue from record {expected}"
-                )
-        if not _has_write_back_hole(view, position, stretch_end, base_offset, offset, end):
-            return (
-                f"damage at offset {base_offset + position} (to offset {base_offset + stretch_end}) holds no "
-                "zeroed sector: not a sector that never reached the disk"
-            )
-        if following is None:
-            return None
-        position = following
-        expected = found
-    return None
-
-
-def _has_write_back_hole(
-    view: memoryview, start: int, end: int, base_offset: int, write_start: int, data_end: int
-) -> bool:
-    """True if ``view[start:end]`` holds an all-zero piece a lost sector explains: a whole 512-byte sector of
-    the file, or a piece cut off by ``write_start`` or ``data_end`` (where the write began or the data ends)."""
-    piece_start = start
-    while piece_start < end:
-        file_offset = base_offset + piece_start
-        piece_end = min(end, piece_start + SECTOR_SIZE - file_offset % SECTOR_SIZE)
-        whole = (base_offset + piece_start) % SECTOR_SIZE == 0 and piece_end - piece_start == SECTOR_SIZE
-        explained = whole or piece_start == write_start or piece_end == data_end
-        if explained and _NONZERO.search(view[piece_start:piece_end]) is None:
-            return True
-        piece_start = piece_end
-    return False

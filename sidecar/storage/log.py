@@ -26,32 +26,16 @@ A torn tail is what an interrupted write leaves at the end of the last segment a
 ``.broken`` copy is kept); everything else raises :class:`LogCorruptionError` naming the file and offset,
 and the sidecar must refuse to start.
 
-Torn tail or damage: the argument. A plain power cut must never need an operator; damage to bytes that were
-synced must always refuse, because they may hold acknowledged decisions. What tells the two apart:
-
-1. At most one write is ever unsynced, and it is the newest bytes of the last segment. The writer issues a
-   write only after the previous write's fdatasync returned (one holder of ``_writing``: write, fdatasync,
-   publish, then the next batch); a new segment is started only after the old one was fsynced, and its name
-   is made durable before any record goes into it; recovery fsyncs the last segment before appending after
-   it, and the failure path truncates to the durable size, writes once and fsyncs. So after any crash, every
-   byte of the log except a suffix ``[D, end)`` of the last segment (the final write) is synced, and every
-   acknowledged record lies before ``D``, or inside a final write whose fdatasync returned.
-2. A power cut can do only this to that final write: keep any subset of its sectors (unsynced pages are
-   written back in any order, a sector at a time), leave the sectors it did not keep reading as zeros (the
-   strictest POSIX model: space never written reads as zeros, never as other bytes), and leave the file at
-   any size from ``D`` on. It never flips a bit, never moves a record, never renumbers one.
-3. So damage is a torn tail when, and only when, it is in the last segment and everything from the first bad
-   record to the end is that write's records, numbered on without a break, with every damaged stretch holding
-   a zeroed sector (:func:`~sidecar.storage.framing.unsynced_tail_problem`): then truncating at the first
-   bad record drops only bytes of a write that may never have been synced. This includes a zeroed hole
-   followed by intact records, which out-of-order write-back leaves. Anything else is damage to synced
-   bytes and refuses to start: damage in a segment that is not the last, a bad segment header, a flipped
-   (non-zero) byte, a record out of sequence, a log that ends before the checkpoint covering it.
-
-What the bytes cannot tell: whether that final write's fdatasync returned before the power went. If it did and
-the disk later zeroed one of its sectors, the write looks exactly like one that never reached the disk, and is
-truncated as torn (its original bytes kept in the ``.broken`` copy). This is the torn-final-record rule of etcd,
-widened from the final record to the final write because write-back ordering makes the two the same case.
+What a power cut leaves, and what recovers by itself: unsynced bytes dropped (the last segment ends earlier),
+a torn final record (the final write cut short, or its missing end reading as zeros up to the end of the file)
+and un-fsynced directory entries reverted all start without an operator, because the damage, if any, runs to
+the end of the last segment and truncating it drops only bytes whose fdatasync never returned. A zeroed hole
+inside the final write followed by intact records (its pages written back out of order) is refused like any
+other damage, fail closed: the bytes alone cannot tell it from a sector of synced, acknowledged records that
+the disk zeroed later, and truncating there could drop ALLOWED decisions a signer already acted on. The
+operator has ``verify`` and ``repair``. Closing that case needs a format change (segment format v2: a marker on
+the first record of each write, so that a reader knows where the final write begins and can confine the
+torn-tail rule to it).
 
 Durability: :meth:`DecisionLog.append` never touches the disk; it numbers the record and queues its bytes.
 One flusher thread writes whatever is queued, calls ``fdatasync`` once for all of it (group commit), then
@@ -90,7 +74,6 @@ from sidecar.storage.framing import (
     encode_records,
     encode_segment_header,
     find_intact_record,
-    unsynced_tail_problem,
 )
 
 __all__ = [
@@ -193,17 +176,13 @@ class _SegmentReader:
     """Streams one segment's records, checking that they are consecutive from the segment's first sequence.
 
     After :meth:`records` is exhausted, ``outcome`` is END, TORN or CORRUPT, ``end_offset`` is the offset just
-    past the last good record and ``detail`` describes any damage. Damage followed by an intact record is TORN
-    only in the ``last`` segment and only when everything after it is what a power cut leaves of the final
-    write (the argument is in the module docstring); otherwise it is CORRUPT: truncating would destroy records
-    that were durable. Deciding that reads the rest of the last segment into memory (only when it is damaged).
+    past the last good record and ``detail`` describes any damage. A TORN outcome is downgraded to CORRUPT
+    when an intact record follows the damage: then it was not a torn write, and truncating would destroy
+    records that were durable.
     """
 
-    def __init__(
-        self, fileops: FileOps, segment: SegmentInfo, *, last: bool, chunk_bytes: int = _READ_CHUNK_BYTES
-    ):
+    def __init__(self, fileops: FileOps, segment: SegmentInfo, *, chunk_bytes: int = _READ_CHUNK_BYTES):
         self.segment = segment
-        self.last = last
         self.outcome = Outcome.NEED_MORE
         self.end_offset = SEGMENT_HEADER_SIZE
         self.detail = ""
@@ -265,18 +244,8 @@ class _SegmentReader:
                 self.outcome = outcome
                 self.end_offset = buffer_start + position
                 self.detail = decoded.detail
-                if outcome is Outcome.CORRUPT and self.last and not at_end:
-                    # Whether this is the final write's unsynced tail depends on every byte after it.
-                    rest = [buffer[position:]]
-                    while chunk := fileops.pread(fd, self._chunk_bytes, read_offset):
-                        rest.append(chunk)
-                        read_offset += len(chunk)
-                    buffer_start += position
-                    position = 0
-                    buffer = b"".join(rest)
-                    del rest
-                    self.file_size = read_offset
-                self._classify_damage(buffer, position, buffer_start, expected)
+                if outcome is Outcome.TORN:
+                    self._refuse_torn_if_intact_record_follows(buffer, position, buffer_start, expected)
                 return
         finally:
             fileops.close(fd)
@@ -290,41 +259,21 @@ class _SegmentReader:
         missing = f"record {expected} is" if found == expected + 1 else f"records {expected}..{found - 1} are"
         return f"sequence gap: expected {expected}, found {found} ({missing} missing)"
 
-    def _classify_damage(self, buffer: bytes, position: int, buffer_start: int, expected: int) -> None:
-        """Settle TORN or CORRUPT for the damage at ``buffer[position]`` (see the module docstring).
-
-        ``buffer`` holds every byte from ``position`` to the end of the file whenever the outcome can still
-        be TORN: TORN is only reported once the reader has reached the end, and the caller reads the rest of
-        the last segment on CORRUPT."""
-        if self.outcome is Outcome.END:
-            return
-        if self.outcome is Outcome.TORN:
-            most_records = (len(buffer) - position) // RECORD_HEADER_SIZE + 1
-            intact = find_intact_record(
-                buffer, position + 1, min_sequence=expected, max_sequence=expected + most_records
-            )
-            if intact is None:
-                return  # damage that runs to the end: the plain torn write
-            refusal = (
+    def _refuse_torn_if_intact_record_follows(
+        self, buffer: bytes, position: int, buffer_start: int, expected: int
+    ) -> None:
+        # ``buffer`` holds every byte from ``position`` to the end of the file here: TORN is only reported
+        # once the reader has reached the end.
+        most_records = (len(buffer) - position) // RECORD_HEADER_SIZE + 1
+        intact = find_intact_record(
+            buffer, position + 1, min_sequence=expected, max_sequence=expected + most_records
+        )
+        if intact is not None:
+            self.outcome = Outcome.CORRUPT
+            self.detail = (
                 f"{self.detail}, yet an intact record follows at offset {buffer_start + intact}: "
                 "this is damage, not a torn write, and truncating would destroy durable records"
             )
-        else:
-            refusal = self.detail
-        problem = (
-            unsynced_tail_problem(buffer, position, expected, base_offset=buffer_start)
-            if self.last
-            else "not the last segment"
-        )
-        if problem is None:
-            self.outcome = Outcome.TORN
-            self.detail = (
-                f"{self.detail}; everything after it is the final write's records with sectors that never "
-                "reached the disk"
-            )
-        else:
-            self.outcome = Outcome.CORRUPT
-            self.detail = refusal
 
 
 class LogScan:
@@ -447,7 +396,7 @@ class LogScan:
                     f"missing segment: the previous segment ends at sequence {expected - 1} but this one starts "
                     f"at {segment.first_sequence}",
                 )
-            reader = _SegmentReader(self._fileops, segment, last=index == last_index)
+            reader = _SegmentReader(self._fileops, segment)
             yield from reader.batches(yield_after)
             self._record_count += reader.record_count
             self._has_records = self._has_records or reader.record_count > 0
@@ -715,7 +664,7 @@ class DecisionLog:
         if segments:
             last = segments[-1]
             _read_header(fileops, last)
-            reader = _SegmentReader(fileops, last, last=True)
+            reader = _SegmentReader(fileops, last)
             for _ in reader.records():
                 pass
             if reader.outcome is not Outcome.END:

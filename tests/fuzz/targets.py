@@ -146,7 +146,7 @@ def _frame_boundaries(body: bytes) -> list[tuple[int, int]]:
 
 
 def _read_segment(segment_info: SegmentInfo, chunk_bytes: int) -> tuple[object, ...]:
-    reader = _SegmentReader(FileOps(), segment_info, last=True, chunk_bytes=chunk_bytes)
+    reader = _SegmentReader(FileOps(), segment_info, chunk_bytes=chunk_bytes)
     try:
         records = [record for batch in reader.batches() for record in batch]
     except SidecarError as error:

@@ -3,9 +3,9 @@
 Reading a segment goes through ``decode_intact_records`` (a run of valid, consecutively numbered frames, decoded
 in bulk) and falls back to ``decode_record`` only where that run stops. The reference here is the simple path
 alone: ``decode_record`` frame by frame over the whole file, a sequence check after each record, and the
-torn-or-damage classification of the log module's contract (for the log's last segment). Both must agree on
-hand-made damage (a flipped byte, a truncation, a zeroed sector, a wrong sequence) and on random logs with random
-damage, at every read-chunk size, since chunk boundaries are where a streaming reader goes wrong.
+torn-tail downgrade of the log module's contract. Both must agree on hand-made damage (a flipped byte, a
+truncation, a zeroed sector, a wrong sequence) and on random logs with random damage, at every read-chunk size,
+since chunk boundaries are where a streaming reader goes wrong.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from sidecar.storage.framing import (
     encode_record,
     encode_segment_header,
     find_intact_record,
-    unsynced_tail_problem,
 )
 from sidecar.storage.log import SegmentInfo, _SegmentReader
 
@@ -67,30 +66,21 @@ def reference_read(path: Path, first_sequence: int, after_sequence: int = 0) -> 
             continue
         detail = decoded.detail
         outcome = decoded.outcome
-        refusal = detail
         if outcome is Outcome.TORN:
             most = (len(data) - offset) // RECORD_HEADER_SIZE + 1
             intact = find_intact_record(data, offset + 1, min_sequence=expected, max_sequence=expected + most)
-            refusal = (
-                f"{detail}, yet an intact record follows at offset {intact}: "
-                "this is damage, not a torn write, and truncating would destroy durable records"
-            )
-        if outcome is Outcome.CORRUPT or (outcome is Outcome.TORN and intact is not None):
-            # The segment is the log's last: damage is torn when the rest is the final write's unsynced tail.
-            if unsynced_tail_problem(data, offset, expected) is None:
-                outcome = Outcome.TORN
+            if intact is not None:
+                outcome = Outcome.CORRUPT
                 detail = (
-                    f"{detail}; everything after it is the final write's records with sectors that never "
-                    "reached the disk"
+                    f"{detail}, yet an intact record follows at offset {intact}: "
+                    "this is damage, not a torn write, and truncating would destroy durable records"
                 )
-            else:
-                outcome, detail = Outcome.CORRUPT, refusal
         return Read(records, outcome, offset, detail)
 
 
 def fast_read(path: Path, first_sequence: int, chunk_bytes: int, after_sequence: int = 0) -> Read:
     reader = _SegmentReader(
-        FILEOPS, SegmentInfo(path, first_sequence, path.stat().st_size), last=True, chunk_bytes=chunk_bytes
+        FILEOPS, SegmentInfo(path, first_sequence, path.stat().st_size), chunk_bytes=chunk_bytes
     )
     records: list[tuple[int, int, bytes]] = []
     try:

@@ -21,7 +21,6 @@ from sidecar.storage.framing import (
     encode_records,
     encode_segment_header,
     find_intact_record,
-    unsynced_tail_problem,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "segment-v1.log"
@@ -240,37 +239,3 @@ def test_a_flipped_byte_never_yields_a_wrong_record(records: list[tuple[int, byt
     # Whatever is decoded is a prefix of the truth, and decoding stops at (or before) the damaged record.
     assert decoded == expected[: len(decoded)]
     assert outcome is not Outcome.END
-
-
-# -- the final write's unsynced tail ---------------------------------------------------------------------------
-
-
-def _records(first: int, count: int, payload_size: int = 150) -> bytes:
-    return b"".join(
-        encode_record(sequence, 1, bytes([sequence]) * payload_size) for sequence in range(first, first + count)
-    )
-
-
-def test_a_write_back_hole_followed_by_intact_records_is_an_unsynced_tail() -> None:
-    data = bytearray(_records(1, 20))
-    data[512:1024] = bytes(512)  # a whole sector never written back; later sectors were
-    assert unsynced_tail_problem(bytes(data), 0, 1) is None
-    # The same from the end of the synced data, which may sit inside a sector: the rest of that sector is zero.
-    start = len(encode_record(1, 1, bytes([1]) * 150))
-    data = bytearray(_records(1, 20))
-    data[start:512] = bytes(512 - start)
-    assert unsynced_tail_problem(bytes(data), start, 2) is None
-
-
-def test_damage_a_power_cut_cannot_make_is_not_an_unsynced_tail() -> None:
-    intact = _records(1, 20)
-    flipped = bytearray(intact)
-    flipped[700] ^= 0x01
-    assert "holds no zeroed sector" in str(unsynced_tail_problem(bytes(flipped), 0, 1))
-    holed_then_flipped = bytearray(intact)
-    holed_then_flipped[512:1024] = bytes(512)
-    holed_then_flipped[2500] ^= 0x01
-    assert "holds no zeroed sector" in str(unsynced_tail_problem(bytes(holed_then_flipped), 0, 1))
-    # Intact records that do not continue the numbering were never one write of this log.
-    renumbered = bytearray(_records(1, 3) + _records(10, 5))
-    assert "has sequence 10, expected 4" in str(unsynced_tail_problem(bytes(renumbered), 0, 1))
