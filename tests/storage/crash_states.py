@@ -26,7 +26,10 @@ power cut at that point may leave, under the strictest POSIX durability a file s
   prefix of its un-synced entry changes.
 
 Each is a pure power-loss state: it loses or scrambles only data that was never synced. A state is a mapping
-from relative path to bytes (``None`` for a directory), so identical states are recognised and run once.
+from relative path to bytes (``None`` for a directory), so identical states are recognised and run once. Each
+comes as a ``CrashState`` that also says whether it is ``holed``: some file reads as zeros where the workload
+wrote non-zero bytes, and bytes it wrote landed after that (a zeroed stretch before intact data). Every
+``hole-*`` state is, and so may be a ``random`` one.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.storage.fileio import FileOps
 
@@ -51,6 +54,12 @@ BOUNDARY_OPERATIONS = frozenset(
 
 Trace = list[tuple[Any, ...]]
 State = dict[str, bytes | None]
+
+
+class CrashState(NamedTuple):
+    kind: str
+    state: State
+    holed: bool  # a zeroed stretch precedes intact data in some file (see the module docstring)
 
 
 class RecordingFileOps(FileOps):
@@ -279,20 +288,37 @@ def boundaries(trace: Trace) -> list[int]:
 # -- crash states ---------------------------------------------------------------------------------------------
 
 
-def _materialise(model: Model, entries_of: Any, content_of: Any) -> State:
+def _zeroed_before_intact(live: bytes, content: bytes) -> bool:
+    """True if ``content`` reads as zero where ``live`` (what was written) is not, and later holds written,
+    non-zero bytes."""
+    if content == live:
+        return False
+    length = min(len(live), len(content))
+    first = next((i for i in range(length) if content[i] == 0 and live[i] != 0), None)
+    if first is None:
+        return False
+    return any(content[j] != 0 and content[j] == live[j] for j in range(first + 1, length))
+
+
+def _materialise(model: Model, entries_of: Any, content_of: Any) -> tuple[State, bool]:
+    """The state, and whether it is holed (see ``CrashState``)."""
     state: State = {}
+    holed = False
 
     def walk(inode: int, prefix: str) -> None:
+        nonlocal holed
         for name, child in sorted(entries_of(inode).items()):
             path = f"{prefix}{name}"
             if child in model.directories:
                 state[path] = None
                 walk(child, path + "/")
             else:
-                state[path] = content_of(child)
+                content = content_of(child)
+                state[path] = content
+                holed = holed or _zeroed_before_intact(bytes(model.files[child].live), content)
 
     walk(ROOT_INODE, "")
-    return state
+    return state, holed
 
 
 def _synced_entries(model: Model) -> Any:
@@ -303,7 +329,7 @@ def _live_entries(model: Model) -> Any:
     return lambda inode: model.directories[inode].live
 
 
-def _torn(model: Model, sector: int, *, zero_rest: bool) -> State | None:
+def _torn(model: Model, sector: int, *, zero_rest: bool) -> tuple[State, bool] | None:
     if model.last_data_operation is None:
         return None
     torn_inode, offset, data = model.last_data_operation
@@ -328,7 +354,7 @@ def _torn(model: Model, sector: int, *, zero_rest: bool) -> State | None:
     return _materialise(model, _live_entries(model), content)
 
 
-def _hole(model: Model, sector: int) -> State | None:
+def _hole(model: Model, sector: int) -> tuple[State, bool] | None:
     holed = False
 
     def content(inode: int) -> bytes:
@@ -342,11 +368,11 @@ def _hole(model: Model, sector: int) -> State | None:
             holed = True
         return bytes(live)
 
-    state = _materialise(model, _live_entries(model), content)
-    return state if holed else None
+    materialised = _materialise(model, _live_entries(model), content)
+    return materialised if holed else None
 
 
-def _random_hole(model: Model, rng: random.Random) -> State | None:
+def _random_hole(model: Model, rng: random.Random) -> tuple[State, bool] | None:
     holed = False
 
     def content(inode: int) -> bytes:
@@ -361,11 +387,11 @@ def _random_hole(model: Model, rng: random.Random) -> State | None:
             holed = True
         return bytes(live)
 
-    state = _materialise(model, _live_entries(model), content)
-    return state if holed else None
+    materialised = _materialise(model, _live_entries(model), content)
+    return materialised if holed else None
 
 
-def _random(model: Model, rng: random.Random) -> State:
+def _random(model: Model, rng: random.Random) -> tuple[State, bool]:
     kept_entries = {}
     for inode, directory in model.directories.items():
         entries = dict(directory.synced)
@@ -386,27 +412,27 @@ def _random(model: Model, rng: random.Random) -> State:
     return _materialise(model, kept_entries.__getitem__, content)
 
 
-def crash_states(model: Model, rng: random.Random, random_draws: int = 1) -> Iterator[tuple[str, State]]:
-    """The crash states of ``model`` as ``(kind, state)``; kinds that do not apply at this point are left out.
-    The seeded kinds (``hole-random``, ``random``) are drawn ``random_draws`` times."""
+def crash_states(model: Model, rng: random.Random, random_draws: int = 1) -> Iterator[CrashState]:
+    """The crash states of ``model``; kinds that do not apply at this point are left out. The seeded kinds
+    (``hole-random``, ``random``) are drawn ``random_draws`` times."""
     synced_content = lambda inode: model.files[inode].synced  # noqa: E731
     live_content = lambda inode: bytes(model.files[inode].live)  # noqa: E731
-    yield "dropped", _materialise(model, _synced_entries(model), synced_content)
-    yield "kept", _materialise(model, _live_entries(model), live_content)
-    yield "dirs-reverted", _materialise(model, _synced_entries(model), live_content)
+    yield CrashState("dropped", *_materialise(model, _synced_entries(model), synced_content))
+    yield CrashState("kept", *_materialise(model, _live_entries(model), live_content))
+    yield CrashState("dirs-reverted", *_materialise(model, _synced_entries(model), live_content))
     for sector in (512, 4096):
         for zero_rest in (False, True):
-            state = _torn(model, sector, zero_rest=zero_rest)
-            if state is not None:
-                yield f"torn-{sector}-{'zero' if zero_rest else 'short'}", state
-        state = _hole(model, sector)
-        if state is not None:
-            yield f"hole-{sector}", state
+            torn = _torn(model, sector, zero_rest=zero_rest)
+            if torn is not None:
+                yield CrashState(f"torn-{sector}-{'zero' if zero_rest else 'short'}", *torn)
+        holed = _hole(model, sector)
+        if holed is not None:
+            yield CrashState(f"hole-{sector}", *holed)
     for _ in range(random_draws):
-        state = _random_hole(model, rng)
-        if state is not None:
-            yield "hole-random", state
-        yield "random", _random(model, rng)
+        holed = _random_hole(model, rng)
+        if holed is not None:
+            yield CrashState("hole-random", *holed)
+        yield CrashState("random", *_random(model, rng))
 
 
 def fingerprint(state: State) -> str:

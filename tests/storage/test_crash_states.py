@@ -1,12 +1,21 @@
-"""Every crash state of a store workload recovers by itself and keeps every acknowledged ALLOWED.
+"""Every crash state of a store workload keeps every acknowledged ALLOWED: by itself, or fails closed.
 
 A workload (registration, signing decisions alone and in batches, log rotation every few records, a checkpoint,
 an import, more decisions, a closing checkpoint) runs once through ``RecordingFileOps``. At every write, fsync,
 rename and directory-fsync boundary of its trace, ``crash_states`` builds the disks a power cut may leave (see
 ``tests/storage/crash_states.py``), and each distinct one is recovered by opening the store on it with a plain
-``FileOps``, as the sidecar does at start. Each must open without an operator (no ``repair``: every state only
-lost or scrambled data that was never synced) and refuse a conflicting message for every answer acknowledged
-before the crash. The small workload is enumerated exhaustively; a bigger one is sampled behind ``slow``.
+``FileOps``, as the sidecar does at start.
+
+* A state with no zeroed stretch before intact data (unsynced bytes dropped, everything kept, directory changes
+  reverted, the last write torn) must open without an operator (no ``repair``) and refuse a conflicting message
+  for every answer acknowledged before the crash.
+* A holed state (every ``hole-*`` state, and a ``random`` one where a skipped write reads as zeros before a
+  later one that landed) may do that, or refuse to start with ``LogCorruptionError`` naming the segment and a
+  byte offset: the reader cannot tell a hole in a write that was never synced from a synced sector the disk
+  zeroed later, and fails closed (see ``sidecar.storage.log``). Then ``repair`` with bounds above the workload
+  must let it open, refusing a conflicting message for every acknowledged answer.
+
+The small workload is enumerated exhaustively; a bigger one is sampled behind ``slow``.
 
 The other side: when bytes that were synced are damaged, the store refuses to start, naming file and offset.
 """
@@ -24,12 +33,12 @@ import pytest
 
 from sidecar.rules import Reason
 from sidecar.storage import FileOps, LogCorruptionError, list_segments
-from sidecar.storage.framing import RECORD_HEADER_SIZE
+from sidecar.storage.framing import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE
 from sidecar.store import Store, StoreOptions
 
 from .crash_states import (
+    CrashState,
     RecordingFileOps,
-    State,
     Trace,
     boundaries,
     build_model,
@@ -46,6 +55,9 @@ KEYS = [bytes([0xA0 + n]) * 48 for n in range(4)]
 IMPORTED = KEYS[3]
 # Registered in one record and then decided on in one batch: writes that span several 4 KiB pages.
 BULK_KEYS = [n.to_bytes(2, "big") * 24 for n in range(1, 91)]
+# Above every slot and epoch the workload signs at: the bounds a repair is given.
+REPAIR_BOUND = 1_000_000
+HOLE_KINDS = frozenset({"hole-512", "hole-4096", "hole-random"})
 
 
 def _options(fileops: FileOps) -> StoreOptions:
@@ -141,60 +153,103 @@ def run_workload(live: Path, decisions: int) -> Trace:
     return fileops.trace
 
 
-def check_recovery(disk: Path, acknowledged: list[tuple[Any, ...]]) -> None:
-    """Open the store on ``disk`` as the sidecar does at start; every acknowledged answer must hold."""
+def check_recovery(disk: Path, acknowledged: list[tuple[Any, ...]], *, repaired: bool = False) -> None:
+    """Open the store on ``disk`` as the sidecar does at start; every acknowledged answer must hold.
+
+    After a ``repair`` (``repaired``), records after the damage are gone and the raised bounds stand in for
+    them: a conflicting message for every acknowledged answer must still be refused, for whatever reason."""
     store = Store.open_or_create(disk / "data", GENESIS, _options(FileOps()))
     try:
         other = _root(0xEE)
         for answer in acknowledged:
             kind, key, *rest = answer
             if kind == "registered":
-                for registered in (key, *rest):
-                    assert store.summary(registered) is not None, answer
+                if not repaired:
+                    for registered in (key, *rest):
+                        assert store.summary(registered) is not None, answer
             elif kind == "block":
                 decision, _ = store.check_and_record_block(key, rest[0], other)
-                assert decision.reason is Reason.DOUBLE_PROPOSAL, (answer, decision)
+                if repaired:
+                    assert not decision.allowed, (answer, decision)
+                else:
+                    assert decision.reason is Reason.DOUBLE_PROPOSAL, (answer, decision)
             else:
                 source, target, _ = rest
                 ((decision, _),) = store.check_and_record_attestations([(key, source, target, other)])
-                assert decision.reason is Reason.DOUBLE_VOTE, (answer, decision)
+                if repaired:
+                    assert not decision.allowed, (answer, decision)
+                else:
+                    assert decision.reason is Reason.DOUBLE_VOTE, (answer, decision)
     finally:
         store.close(final_checkpoint=False)
 
 
+def check_refusal(disk: Path, refused: LogCorruptionError) -> None:
+    """The refusal names a segment of the log and a byte offset inside it, and says so in its message."""
+    segments = {segment.path for segment in list_segments(disk / "data" / "log", FileOps())}
+    assert refused.file in segments, (refused.file, segments)
+    assert SEGMENT_HEADER_SIZE <= refused.offset < refused.file.stat().st_size, refused
+    assert str(refused.file) in str(refused), refused
+    assert f"byte offset {refused.offset}" in str(refused), refused
+
+
 def enumerate_states(
     trace: Trace, points: list[int], seed: int, random_draws: int = 3
-) -> list[tuple[int, str, State, list[Any]]]:
-    """Distinct crash states at ``points``, each with the point, its kind and what was acknowledged there."""
+) -> list[tuple[int, CrashState, list[Any]]]:
+    """Distinct crash states at ``points``, each with the point and what was acknowledged there."""
     rng = random.Random(seed)
     seen: set[tuple[str, int]] = set()
     found = []
     for point in points:
         model = build_model(trace, point)
-        for kind, state in crash_states(model, rng, random_draws):
+        for crash in crash_states(model, rng, random_draws):
             # The same disk with fewer acknowledgements checks nothing new; with more it does.
-            key = (fingerprint(state), len(model.acknowledged))
+            key = (fingerprint(crash.state), len(model.acknowledged))
             if key in seen:
                 continue
             seen.add(key)
-            found.append((point, kind, state, list(model.acknowledged)))
+            found.append((point, crash, list(model.acknowledged)))
     return found
 
 
-def recover_all(tmp_path: Path, states: list[tuple[int, str, State, list[Any]]]) -> Counter[str]:
-    kinds: Counter[str] = Counter()
-    for number, (point, kind, state, acknowledged) in enumerate(states):
-        disk = tmp_path / f"state-{number}"
-        write_state(state, disk)
+OPENED = "opened by itself"
+REFUSED = "refused, then repaired"
+
+
+def recover(disk: Path, crash: CrashState, acknowledged: list[tuple[Any, ...]]) -> str:
+    """Recover one state (see the module docstring); returns the outcome, ``OPENED`` or ``REFUSED``."""
+    write_state(crash.state, disk)
+    if crash.kind not in HOLE_KINDS and not crash.holed:
+        check_recovery(disk, acknowledged)
+        return OPENED
+    try:
+        check_recovery(disk, acknowledged)
+    except LogCorruptionError as refused:
+        check_refusal(disk, refused)
+        Store.repair(disk / "data", REPAIR_BOUND, REPAIR_BOUND, _options(FileOps()))
+        check_recovery(disk, acknowledged, repaired=True)
+        return REFUSED
+    return OPENED
+
+
+def recover_all(tmp_path: Path, states: list[tuple[int, CrashState, list[Any]]]) -> Counter[tuple[str, str]]:
+    """Recover every state; counts of (kind, outcome), holed ``random`` states counted as ``random (holed)``."""
+    outcomes: Counter[tuple[str, str]] = Counter()
+    for number, (point, crash, acknowledged) in enumerate(states):
         try:
-            check_recovery(disk, acknowledged)
+            outcome = recover(tmp_path / f"state-{number}", crash, acknowledged)
         except BaseException as error:
             raise AssertionError(
-                f"crash state {kind} after operation {point} ({len(acknowledged)} answers acknowledged) failed to "
-                f"recover: {error!r}; files: {sorted(state)}"
+                f"crash state {crash.kind} (holed: {crash.holed}) after operation {point} ({len(acknowledged)} "
+                f"answers acknowledged) failed to recover: {error!r}; files: {sorted(crash.state)}"
             ) from error
-        kinds[kind] += 1
-    return kinds
+        kind = crash.kind if crash.kind in HOLE_KINDS or not crash.holed else f"{crash.kind} (holed)"
+        outcomes[kind, outcome] += 1
+    print(
+        "\ncrash states by kind and outcome:\n"
+        + "\n".join(f"  {kind:18} {outcome:24} {count}" for (kind, outcome), count in sorted(outcomes.items()))
+    )
+    return outcomes
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +272,15 @@ def test_every_crash_state_of_the_small_workload_recovers_with_every_acknowledge
     tmp_path: Path, small_trace: Trace
 ) -> None:
     states = enumerate_states(small_trace, boundaries(small_trace), seed=12)
-    kinds = recover_all(tmp_path, states)
-    assert sum(kinds.values()) >= 150, kinds
+    outcomes = recover_all(tmp_path, states)
+    assert sum(outcomes.values()) >= 150, outcomes
     # Every kind of crash state was reached somewhere in the workload.
-    assert set(kinds) == {
+    kinds = {crash.kind for _, crash, _ in states}
+    # Only a hole may fail closed: the holed states are the hole kinds (each of them) and perhaps random ones.
+    assert all(crash.holed for _, crash, _ in states if crash.kind in HOLE_KINDS)
+    assert {crash.kind for _, crash, _ in states if crash.holed} <= HOLE_KINDS | {"random"}
+    assert {kind for kind, outcome in outcomes if outcome == REFUSED} <= HOLE_KINDS | {"random (holed)"}
+    assert kinds == {
         "dropped",
         "kept",
         "dirs-reverted",
