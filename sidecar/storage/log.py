@@ -26,6 +26,17 @@ A torn tail is what an interrupted write leaves at the end of the last segment a
 ``.broken`` copy is kept); everything else raises :class:`LogCorruptionError` naming the file and offset,
 and the sidecar must refuse to start.
 
+What a power cut leaves, and what recovers by itself: unsynced bytes dropped (the last segment ends earlier),
+a torn final record (the final write cut short, or its missing end reading as zeros up to the end of the file)
+and un-fsynced directory entries reverted all start without an operator, because the damage, if any, runs to
+the end of the last segment and truncating it drops only bytes whose fdatasync never returned. A zeroed hole
+inside the final write followed by intact records (its pages written back out of order) is refused like any
+other damage, fail closed: the bytes alone cannot tell it from a sector of synced, acknowledged records that
+the disk zeroed later, and truncating there could drop ALLOWED decisions a signer already acted on. The
+operator has ``verify`` and ``repair``. Closing that case needs a format change (segment format v2: a marker on
+the first record of each write, so that a reader knows where the final write begins and can confine the
+torn-tail rule to it).
+
 Durability: :meth:`DecisionLog.append` never touches the disk; it numbers the record and queues its bytes.
 One flusher thread writes whatever is queued, calls ``fdatasync`` once for all of it (group commit), then
 advances ``durable_sequence`` and runs the waiters. A caller that would only sit waiting for that (a lone
