@@ -24,8 +24,9 @@ from pathlib import Path
 import grpc
 from google.protobuf import __version__ as protobuf_version
 
+from benchmarks import postgres_server, sidecar_postgres, web3signer_peer
 from benchmarks.common import REPO_ROOT, ServerStartError
-from benchmarks.report import DISK, DURABLE_EMPTY, EMPTY, JSON_FLOOR, PEER, Cell, Results
+from benchmarks.report import DISK, DURABLE_EMPTY, EMPTY, JSON_FLOOR, PEER, WEB3SIGNER, Cell, Results
 from benchmarks.scenarios import (
     FULL,
     QUICK,
@@ -42,11 +43,13 @@ from benchmarks.scenarios import (
     measure_interchange,
     measure_restart,
 )
-from benchmarks.targets import Target, make_targets
+from benchmarks.targets import Target, Web3SignerTarget, make_targets
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "latest.md"
 DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "results" / "tmp"
-ALL_TARGETS = ("empty", "durable-empty", "sqlite-peer", "sidecar")
+ALL_TARGETS = ("empty", "durable-empty", "sqlite-peer", "web3signer", "sidecar", sidecar_postgres.TARGET)
+# The default set: web3signer joins it when PostgreSQL can be started here (see default_targets).
+DEFAULT_TARGETS = ("empty", "durable-empty", "sqlite-peer", "sidecar")
 
 HOT_PATH_FIGURES = [
     "unary.calls_per_s", "unary.p50", "unary.p99", "batch.decisions_per_s", "batch.p99", "single.p50",
@@ -55,7 +58,16 @@ HOT_PATH_FIGURES = [
 HISTORY_FIGURES = ["history.depth10", "history.depth1000", "history.ratio"]
 RESTART_FIGURES = ["restart.crash_s", "restart.clean_s"]
 INTERCHANGE_FIGURES = ["import.s", "export.s"]
-BASELINE_SYSTEMS = (EMPTY, DURABLE_EMPTY, PEER, DISK, JSON_FLOOR)
+BASELINE_SYSTEMS = (EMPTY, DURABLE_EMPTY, PEER, WEB3SIGNER, DISK, JSON_FLOOR)
+
+
+def default_targets() -> tuple[list[str], str | None]:
+    """The systems measured without ``--targets``, and why web3signer is not among them (None when it is)."""
+    reason = postgres_server.unavailable_reason()
+    names = list(DEFAULT_TARGETS)
+    if reason is None:
+        names.insert(names.index("sidecar"), "web3signer")
+    return names, reason
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,8 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="about one minute instead of about four")
     parser.add_argument(
         "--targets",
-        default=",".join(ALL_TARGETS),
-        help="comma-separated systems to measure, among " + ", ".join(ALL_TARGETS) + " (empty is always run)",
+        default=None,
+        help="comma-separated systems to measure, among " + ", ".join(ALL_TARGETS) + " (empty is always run; "
+        "default: " + ", ".join(DEFAULT_TARGETS) + ", and web3signer when PostgreSQL can be started here)",
     )
     parser.add_argument(
         "--client-procs",
@@ -158,7 +171,7 @@ async def _run_target(
     system = target.system
     print(f"\n== {system} (at {time.monotonic() - started:.0f} s)", flush=True)
     figures = list(HOT_PATH_FIGURES) + RESTART_FIGURES
-    if target.hot_path_only:
+    if target.hot_path_only or target.interchange_only_offline:
         figures = [key for key in figures if key not in HISTORY_FIGURES + RESTART_FIGURES]
     if target.import_argv(Path("f"), Path("d")) is not None:
         figures += INTERCHANGE_FIGURES
@@ -207,9 +220,12 @@ async def _run_target(
                 measure_in_process_peer, results, work / target.name / "in-process", settings
             ),
         )
+    if system == WEB3SIGNER:
+        await attempt(results, [], system, lambda: _note_web3signer_statements(results, target, work, settings))
     if target.hot_path_only:
         return plan
-    await attempt(results, RESTART_FIGURES, system, lambda: measure_restart(results, target, work, settings))
+    if not target.interchange_only_offline:
+        await attempt(results, RESTART_FIGURES, system, lambda: measure_restart(results, target, work, settings))
     if target.import_argv(Path("f"), Path("d")) is not None:
         await attempt(
             results,
@@ -220,22 +236,70 @@ async def _run_target(
     return plan
 
 
+async def _note_web3signer_statements(results: Results, target: Target, work: Path, settings: Settings) -> None:
+    """The Web3Signer peer's statements (= round trips) per decision and its in-process rate, one decision at a
+    time without gRPC: what the gRPC figures are made of."""
+    assert isinstance(target, Web3SignerTarget)
+    url = await asyncio.to_thread(target.database_url, work / target.name / "in-process")
+    measured = await web3signer_peer.measure_in_process(url, seconds=settings.inprocess_s, depth=10)
+    results.note(
+        f"{WEB3SIGNER}: {measured.statements_per_decision:.2f} statements per decision, each a round trip to "
+        f"PostgreSQL (BEGIN and COMMIT included; Web3Signer's JDBC driver sends BEGIN with the next statement, "
+        f"one round trip fewer); in-process, one decision at a time, no gRPC: "
+        f"{measured.decisions_per_s:,.0f} decisions/s at history depth 10 ({measured.decisions:,} decisions)"
+    )
+
+
+async def _start_postgres(
+    results: Results, work: Path, targets: list[Target]
+) -> postgres_server.PostgresServer | None:
+    """The run's PostgreSQL server, when a target needs one; its absence makes those targets "not available"."""
+    try:
+        server = await asyncio.to_thread(postgres_server.start_postgres, work / "postgres")
+    except postgres_server.PostgresUnavailableError as error:
+        for target in targets:
+            if isinstance(target, Web3SignerTarget):
+                target.use_postgres(None, f"PostgreSQL unavailable: {error}")
+        return None
+    results.environment.append(
+        (
+            "PostgreSQL",
+            f"{server.version} (Debian binaries, {server.bin_dir}), fresh cluster on 127.0.0.1:{server.port}, "
+            "fsync=on, synchronous_commit=on, full_page_writes=on, data under the work directory",
+        )
+    )
+    for target in targets:
+        if isinstance(target, Web3SignerTarget):
+            target.use_postgres(server)
+    return server
+
+
 async def run(args: argparse.Namespace) -> Results:
     settings = settings_for(args)
     results = Results(mode=settings.mode)
     if settings.interchange_keys != FULL.interchange_keys:
         results.reduced_size = f"{settings.interchange_keys:,}-key file; the target is for 100,000"
-    names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    if args.targets is None:
+        names, no_postgres = default_targets()
+        if no_postgres is not None:
+            results.note(f"{WEB3SIGNER}: not in the default targets: {no_postgres}")
+    else:
+        names = [name.strip() for name in args.targets.split(",") if name.strip()]
     if "empty" not in names:
         names.insert(0, "empty")
         print("note: the empty server is always measured: it is the baseline of the other systems", flush=True)
-    targets = make_targets(names, sidecar_args=shlex.split(args.sidecar_args))
+    targets = make_targets(
+        [name for name in names if name != sidecar_postgres.TARGET], sidecar_args=shlex.split(args.sidecar_args)
+    )
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work_dir))
     started = time.monotonic()
+    postgres: postgres_server.PostgresServer | None = None
     try:
         _environment(results, settings, work)
+        if any(target.needs_postgres for target in targets) or sidecar_postgres.TARGET in names:
+            postgres = await _start_postgres(results, work, targets)
         for name, value in results.environment:
             print(f"{name}: {value}", flush=True)
         print("\n== disk floor", flush=True)
@@ -253,7 +317,14 @@ async def run(args: argparse.Namespace) -> Results:
                 args=args,
                 plan=plan,
             )
+        if sidecar_postgres.TARGET in names:
+            print(f"\n== sidecar on PostgreSQL (at {time.monotonic() - started:.0f} s)", flush=True)
+            await sidecar_postgres.measure_sidecar_on_postgres(
+                results, postgres, settings, work / sidecar_postgres.TARGET, plan or LoadPlan(1, 1)
+            )
     finally:
+        if postgres is not None:
+            postgres.stop()
         if not args.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
             if args.work_dir == DEFAULT_WORK_DIR and not any(args.work_dir.iterdir()):
@@ -300,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"benchmarks: baseline figures failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    if "sidecar" in args.targets:
+    if args.targets is None or "sidecar" in args.targets.split(","):
         # Memory, restart with a long log tail and checkpoint impact: their own module, same run.
         from benchmarks import storage_figures
 

@@ -27,6 +27,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -159,6 +160,7 @@ def start_postgres(directory: Path, *, port: int | None = None) -> PostgresServe
     if run_as is not None:
         account = pwd.getpwnam(run_as)
         os.chown(directory, account.pw_uid, account.pw_gid)
+        _let_traverse(directory.resolve().parent)
     server._run(
         "initdb", "-D", str(server.data_dir), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-instructions"
     )
@@ -167,6 +169,15 @@ def start_postgres(directory: Path, *, port: int | None = None) -> PostgresServe
     server._run("pg_ctl", "start", "-D", str(server.data_dir), "-l", str(server.log_file), "-w", "-t", "60")
     _wait_accepting(server)
     return server
+
+
+def _let_traverse(directory: Path) -> None:
+    """Lets other users traverse (not list) ``directory`` and its parents that this process owns: a
+    ``tempfile.mkdtemp`` directory is 0700, and the postgres user must reach its cluster through it."""
+    for path in (directory, *directory.parents):
+        status = path.stat()
+        if status.st_uid == os.geteuid() and not status.st_mode & stat.S_IXOTH:
+            path.chmod(stat.S_IMODE(status.st_mode) | stat.S_IXOTH)
 
 
 def _wait_accepting(server: PostgresServer) -> None:

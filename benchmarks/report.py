@@ -27,9 +27,18 @@ SIDECAR = "sidecar"
 DISK = "disk floor"
 JSON_FLOOR = "JSON floor"
 DURABLE_EMPTY = "durable empty server"  # the empty server plus group-committed fdatasyncs: durability's own cost
+WEB3SIGNER = "Web3Signer peer"  # Web3Signer's design on PostgreSQL: the baseline of the sidecar's PostgreSQL rows
+# The sidecar on PostgreSQL with 1, 2 and 3 replicas sharing one database (benchmarks/sidecar_postgres.py).
+SIDECAR_POSTGRES = tuple(f"sidecar on PostgreSQL, {n} replica{'s' if n > 1 else ''}" for n in (1, 2, 3))
 # The order of rows: floors, then baselines first.
-SYSTEMS = (DISK, JSON_FLOOR, EMPTY, DURABLE_EMPTY, PEER, SIDECAR)
-JUDGED = (DURABLE_EMPTY, PEER, SIDECAR)  # systems with a verdict: the sidecar's; the baselines' for information
+SYSTEMS = (DISK, JSON_FLOOR, EMPTY, DURABLE_EMPTY, PEER, WEB3SIGNER, SIDECAR, *SIDECAR_POSTGRES)
+JUDGED = (
+    DURABLE_EMPTY,
+    PEER,
+    WEB3SIGNER,
+    SIDECAR,
+    *SIDECAR_POSTGRES,
+)  # systems with a verdict: the sidecar's; the baselines' for information
 
 SINGLE_CALLER_ALLOWANCE_S = 150e-6
 

@@ -386,7 +386,7 @@ async def measure_hot_path(run: TargetRun) -> None:
         (["burst.wall_s"], _burst),
         (["history.depth10", "history.depth1000", "history.ratio"], measure_history),
     ]
-    if run.target.hot_path_only:
+    if run.target.hot_path_only or run.target.interchange_only_offline:
         steps = [(keys, step) for keys, step in steps if step is not measure_history]
     for figure_keys, step in steps:
         if not run.server.alive():
@@ -591,19 +591,20 @@ async def measure_interchange(
     if import_argv is None or export_argv is None:
         return
     await target.prepare_data_dir(data_dir)
+    timeout_s = max(settings.cli_timeout_s, target.cli_timeout_s or 0.0)
     try:
-        import_s, completed = await asyncio.to_thread(_run_cli, import_argv, settings.cli_timeout_s)
+        import_s, completed = await asyncio.to_thread(_run_cli, import_argv, timeout_s)
     except subprocess.TimeoutExpired:
-        results.record("import.s", system, Cell(settings.cli_timeout_s, lower_bound=True, note="timed out"))
+        results.record("import.s", system, Cell(timeout_s, lower_bound=True, note="timed out"))
         return
     if completed.returncode != 0:
         results.record("import.s", system, Cell(import_s, status="invalid", note=_cli_failure(completed)))
         return
     results.record("import.s", system, Cell(import_s, note=f"{document.keys:,} keys"))
     try:
-        export_s, completed = await asyncio.to_thread(_run_cli, export_argv, settings.cli_timeout_s)
+        export_s, completed = await asyncio.to_thread(_run_cli, export_argv, timeout_s)
     except subprocess.TimeoutExpired:
-        results.record("export.s", system, Cell(settings.cli_timeout_s, lower_bound=True, note="timed out"))
+        results.record("export.s", system, Cell(timeout_s, lower_bound=True, note="timed out"))
         return
     if completed.returncode != 0:
         results.record("export.s", system, Cell(export_s, status="invalid", note=_cli_failure(completed)))

@@ -4,6 +4,8 @@
 - ``durable-empty``: :mod:`benchmarks.durable_empty_server`, the same plus a durable record per decision: what
   durability itself costs (hot path only);
 - ``sqlite-peer``: :mod:`benchmarks.sqlite_peer`, the peers' design;
+- ``web3signer``: :mod:`benchmarks.web3signer_peer`, Web3Signer's design on the run's PostgreSQL server
+  (:mod:`benchmarks.postgres_server`): the hot path without history or restart figures, and the import;
 - ``sidecar``: ``python -m sidecar``, the system under test, driven only through its public contract
   (``/work/shared/CONTRACT.md``). It is "not available" (and the harness carries on) when ``import
   sidecar.server`` fails, when its process exits, or when a command it needs is missing.
@@ -17,7 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from benchmarks import sqlite_peer
+from benchmarks import postgres_server, sqlite_peer
 from benchmarks.common import (
     GENESIS_VALIDATORS_ROOT,
     GENESIS_VALIDATORS_ROOT_HEX,
@@ -29,7 +31,7 @@ from benchmarks.common import (
     subprocess_env,
 )
 from benchmarks.interchange_docs import HistorySet, history_document
-from benchmarks.report import DURABLE_EMPTY, EMPTY, PEER, SIDECAR
+from benchmarks.report import DURABLE_EMPTY, EMPTY, PEER, SIDECAR, WEB3SIGNER
 from slashing_protection.v1 import interchange_pb2, interchange_pb2_grpc
 
 LISTEN = "127.0.0.1:0"  # benchmark traffic never leaves the loopback interface
@@ -54,6 +56,9 @@ class Target:
     is_baseline = True
     seeds_offline = False  # history can be written into its data directory directly (no gRPC)
     hot_path_only = False  # no history, restart or interchange figures: they would repeat the empty server's
+    interchange_only_offline = False  # hot path plus the offline import/export, no history or restart figures
+    needs_postgres = False  # started only once the harness has given it a PostgreSQL server (use_postgres)
+    cli_timeout_s: float | None = None  # the import/export time limit, when longer than the settings'
 
     def unavailable_reason(self) -> str | None:
         """Why this system cannot be measured in this checkout, or None."""
@@ -140,6 +145,58 @@ class SqlitePeerTarget(Target):
         return python_module_argv("benchmarks.sqlite_peer", "export", str(file), "--data-dir", str(data_dir))
 
 
+class Web3SignerTarget(Target):
+    """Web3Signer's design; each data directory gets a database of its own on the run's PostgreSQL server."""
+
+    name = "web3signer"
+    system = WEB3SIGNER
+    interchange_only_offline = True
+    needs_postgres = True
+    cli_timeout_s = 900.0  # one transaction per validator: the 100,000-key import takes minutes
+
+    def __init__(self) -> None:
+        self.postgres: postgres_server.PostgresServer | None = None
+        self._databases: dict[Path, str] = {}
+
+    def use_postgres(self, server: postgres_server.PostgresServer | None, reason: str = "") -> None:
+        self.postgres = server
+        self._reason = reason
+
+    def unavailable_reason(self) -> str | None:
+        if self.postgres is None:
+            return getattr(self, "_reason", "") or "no PostgreSQL server was started"
+        return None
+
+    @staticmethod
+    def database_name(data_dir: Path) -> str:
+        return "w3s_" + "_".join(data_dir.parts[-2:]).replace("-", "_").lower()
+
+    def database_url(self, data_dir: Path, *, create: bool = True) -> str:
+        """The URL of ``data_dir``'s database, created empty the first time (when ``create``)."""
+        if self.postgres is None:
+            return "postgresql://"  # only ever asked to show the command's shape
+        if create and data_dir not in self._databases:
+            self._databases[data_dir] = self.postgres.create_database(self.database_name(data_dir))
+        return self.postgres.url(self.database_name(data_dir))
+
+    def serve_argv(self, data_dir: Path, *, restart_scenario: bool) -> list[str]:
+        return python_module_argv(
+            "benchmarks.web3signer_peer", "serve", "--database-url", self.database_url(data_dir),
+            "--genesis-validators-root", GENESIS_VALIDATORS_ROOT_HEX, "--listen", LISTEN,
+        )  # fmt: skip
+
+    def import_argv(self, file: Path, data_dir: Path) -> list[str] | None:
+        url = self.database_url(data_dir, create=False)
+        return python_module_argv("benchmarks.web3signer_peer", "import", str(file), "--database-url", url)
+
+    def export_argv(self, file: Path, data_dir: Path) -> list[str] | None:
+        url = self.database_url(data_dir, create=False)
+        return python_module_argv("benchmarks.web3signer_peer", "export", str(file), "--database-url", url)
+
+    async def prepare_data_dir(self, data_dir: Path) -> None:
+        await asyncio.to_thread(self.database_url, data_dir)
+
+
 class SidecarTarget(Target):
     name = "sidecar"
     system = SIDECAR
@@ -197,6 +254,7 @@ def make_targets(names: Sequence[str], *, sidecar_args: Sequence[str] = ()) -> l
         "empty": EmptyTarget(),
         "durable-empty": DurableEmptyTarget(),
         "sqlite-peer": SqlitePeerTarget(),
+        "web3signer": Web3SignerTarget(),
         "sidecar": SidecarTarget(sidecar_args),
     }
     unknown = [name for name in names if name not in known]

@@ -548,7 +548,7 @@ class _Transaction:
     async def execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.AsyncCursor[Any]:
         self.statements += 1
         self.store.statements += 1
-        return await self.connection.execute(sql, params)  # type: ignore[arg-type]
+        return await self.connection.execute(sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
         return await (await self.execute(sql, params)).fetchone()
