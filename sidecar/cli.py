@@ -22,13 +22,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from sidecar import __version__
 from sidecar.errors import ConfigurationError, SidecarError
 from sidecar.logs import configure_logging
 from sidecar.networks import NETWORKS, genesis_validators_root_for, parse_hex, parse_root_hex
 from sidecar.storage import StorageError
+
+if TYPE_CHECKING:
+    from sidecar.client import DecisionRecord, SidecarClient
 
 __all__ = ["main"]
 
@@ -234,6 +237,78 @@ def _require_target(args: argparse.Namespace) -> None:
         raise ConfigurationError(f"{args.command}: give --data-dir DIR or --server HOST:PORT")
 
 
+def _client(args: argparse.Namespace) -> SidecarClient:
+    """The client of `--server`, as the commands have always called it: one attempt (an operator sees at once
+    that the server is down or not ready), `--timeout` for unary calls, no deadline for the streams."""
+    from sidecar.client import NO_RETRY, SidecarClient, Timeouts, TlsOptions
+
+    timeout = float(getattr(args, "timeout", 10.0) or 10.0)
+    ca, cert, key = (getattr(args, name, None) for name in ("tls_ca", "tls_client_cert", "tls_client_key"))
+    return SidecarClient(
+        args.server,
+        tls=TlsOptions(ca=ca, client_cert=cert, client_key=key) if ca or cert else None,
+        timeouts=Timeouts(admin=timeout, health=timeout, checkpoint=max(timeout, 120.0), streams=None),
+        retry=NO_RETRY,
+    )
+
+
+def _decision_json(record: DecisionRecord) -> dict[str, object]:
+    """A decision record received over gRPC, as the same JSON the offline commands print."""
+    from sidecar.audit import DecisionRecord as AuditRecord
+
+    return AuditRecord(
+        sequence=record.sequence,
+        kind=record.kind,
+        pubkey=record.pubkey,
+        slot=record.slot,
+        source_epoch=record.source_epoch,
+        target_epoch=record.target_epoch,
+        signing_root=record.signing_root,
+        reason=record.reason,
+        unix_nanos=record.recorded_at_unix_nanos,
+    ).to_json()
+
+
+def _decisions_from_server(
+    args: argparse.Namespace, pubkey: bytes | None, since: int
+) -> Iterator[dict[str, object]]:
+    with _client(args) as client:
+        for record in client.decisions(pubkey, since):
+            yield _decision_json(record)
+
+
+def _summary_from_server(args: argparse.Namespace, pubkey: bytes) -> dict[str, object]:
+    """The same JSON document the offline `summary` prints."""
+    from sidecar.store import SUMMARY_BOUNDS, SUMMARY_COUNTS
+
+    with _client(args) as client:
+        summary = client.summary(pubkey)
+    document: dict[str, object] = {"pubkey": "0x" + pubkey.hex(), "registered": summary.registered}
+    if not summary.registered:
+        return document
+    for name in SUMMARY_COUNTS + SUMMARY_BOUNDS:
+        document[name] = getattr(summary, name)
+    last = summary.last_decision
+    document["last_decision"] = _decision_json(last) if last is not None else None
+    return document
+
+
+@contextlib.contextmanager
+def _server_input(path: Path) -> Iterator[BinaryIO]:
+    """The document `import --server` streams: standard input as it comes, or the file."""
+    if str(path) == "-":
+        yield sys.stdin.buffer
+        return
+    if not Path(path).is_file():
+        raise ConfigurationError(f"cannot read {path}: no such file")
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        raise ConfigurationError(f"cannot read {path}: {error.strerror}") from error
+    with handle:
+        yield handle
+
+
 def _strategy(name: str) -> Any:
     from sidecar.store import Strategy
 
@@ -360,10 +435,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     configure_logging()
     path: Path = args.file
     if args.server:
-        from sidecar.client import import_over_grpc
-
-        result = import_over_grpc(args, path)
-        return _print_import_result(result, sys.stdout)
+        with _client(args) as client, _server_input(path) as document:
+            report = client.import_interchange(document)
+        return _print_import_result(report, sys.stdout)
     from sidecar.store import IDENTITY_FILE, StoreOptions, bulk_loading, stage_import
 
     data_dir = Path(args.data_dir)
@@ -433,10 +507,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     configure_logging()
     pubkeys = [_pubkey(p) for p in args.pubkey] if args.pubkey else None
     if args.server:
-        from sidecar.client import export_over_grpc
-
-        with _open_output(args.file) as out:
-            count = export_over_grpc(args, pubkeys, out)
+        with _client(args) as client, _open_output(args.file) as out:
+            client.export_interchange(out, pubkeys or ())
+        count = len(pubkeys) if pubkeys else -1
     else:
         progress = _Progress(f"exporting to {args.file}")
         with _offline_store(Path(args.data_dir), None, writes=False) as store, _open_output(args.file) as out:
@@ -449,9 +522,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from sidecar.client import health_status
+    import grpc
 
-    status = health_status(args)
+    from sidecar.client import SidecarClientError
+
+    with _client(args) as client:
+        try:
+            status = client.health(args.service).name
+        except SidecarClientError as error:
+            code = error.code
+            if code is None or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            status = f"UNREACHABLE ({code.name})"
     print(status)
     return EXIT_OK if status == "SERVING" else EXIT_FAILED
 
@@ -482,9 +564,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     since = int(args.since_sequence)
     out = sys.stdout
     if args.server:
-        from sidecar.client import decisions_over_grpc
-
-        records: Iterator[dict[str, object]] = decisions_over_grpc(args, pubkey, since)
+        records: Iterator[dict[str, object]] = _decisions_from_server(args, pubkey, since)
     else:
         from sidecar.audit import read_decisions
         from sidecar.storage import FileOps
@@ -501,9 +581,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     _require_target(args)
     pubkey = _pubkey(args.pubkey)
     if args.server:
-        from sidecar.client import summary_over_grpc
-
-        document = summary_over_grpc(args, pubkey)
+        document = _summary_from_server(args, pubkey)
     else:
         with _offline_store(Path(args.data_dir), None, writes=False) as store:
             summary = store.summary(pubkey)
@@ -528,9 +606,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     _require_target(args)
     pubkeys = [_pubkey(p) for p in args.pubkey]
     if args.server:
-        from sidecar.client import register_over_grpc
-
-        registered, already = register_over_grpc(args, pubkeys)
+        with _client(args) as client:
+            registration = client.register(pubkeys)
+        registered, already = registration.registered, registration.already_registered
     else:
         root = _root_from(args)
         with _offline_store(Path(args.data_dir), root, create=root is not None) as store:
@@ -540,9 +618,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from sidecar.client import checkpoint_over_grpc
-
-    sequence, validators, name = checkpoint_over_grpc(args)
+    with _client(args) as client:
+        checkpoint = client.checkpoint()
+    sequence, validators, name = checkpoint.sequence, checkpoint.validators, checkpoint.file_name
     print(f"checkpoint {name}: {validators} validators up to sequence {sequence}")
     return EXIT_OK
 
