@@ -337,6 +337,9 @@ class ValidatorHistory:
                 if signing_root is not None and self._root_at(i) == signing_root:
                     return MergeOutcome.UNCHANGED
                 self._root_known[i] = 0
+                # An unknown root's bytes are zeros, whichever way it became unknown, so that equal histories
+                # have equal arrays (and checkpoints).
+                self._roots[i * ROOT_SIZE : (i + 1) * ROOT_SIZE] = _ZERO_ROOT
                 # As for blocks: two known roots are a double vote, a copy without a root is not evidence.
                 return MergeOutcome.ADDED if signing_root is None else MergeOutcome.CONFLICT
         signing_root = self._root_above_floors(source_epoch, target_epoch, signing_root)

@@ -129,6 +129,14 @@ def as_one(entries: list[Recorded]) -> Recorded:
     window=2,
     minimal=False,
 )
+@example(
+    # Two roots at one vote make it unknown, once merged into a history that has records: the same zeroed
+    # bytes whichever path made it unknown.
+    existing=(Recorded(blocks=[Block(0, ROOT_A)]), 0),
+    document=([Recorded(attestations=[Attestation(0, 0, ROOT_A), Attestation(0, 0, ROOT_B)])], 1),
+    window=0,
+    minimal=False,
+)
 @given(
     existing=imported_histories(max_records=6, max_epoch=MAX_EPOCH, max_slot=MAX_SLOT),
     document=documents(),
