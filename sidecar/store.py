@@ -50,6 +50,7 @@ from interchange import (
     ValidatorRecords,
     write_interchange,
 )
+from sidecar import records as codec
 from sidecar.audit import DecisionRecord, decode_decision, read_decisions
 from sidecar.errors import (
     DataDirError,
@@ -80,7 +81,6 @@ from sidecar.storage import (
     scan_log,
     write_checkpoint,
 )
-from sidecar.storage import state_codec as codec
 
 __all__ = [
     "DEFAULT_HISTORY_WINDOW_EPOCHS",
