@@ -8,7 +8,7 @@ fdatasyncs and the thread handoffs take CPU that the client and gRPC need on a s
 the sidecar and this server is the sidecar's own logic.
 
 The file, ``decisions.log`` in the data directory, holds records back to back in the sidecar's frame layout
-(``sidecar.storage.framing``, ``sidecar.storage.state_codec``) but is never read back, so it has no segment
+(``sidecar.storage.framing``, ``sidecar.records``) but is never read back, so it has no segment
 header and no version::
 
     length:u32  crc32c:u32  type:u8  sequence:u64  payload[length]      (17-byte header, little-endian)

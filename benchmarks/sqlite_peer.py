@@ -45,6 +45,7 @@ import grpc
 
 from benchmarks.common import GENESIS_VALIDATORS_ROOT, pubkeys, signing_root
 from benchmarks.server_runtime import serve_until_signalled
+from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
 from slashing_protection.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -55,8 +56,6 @@ from slashing_protection.v1 import (
 )
 
 DATABASE_FILE = "slashing_protection.sqlite"
-PUBKEY_LENGTH = 48
-ROOT_LENGTH = 32
 EXPORT_CHUNK = 1024 * 1024
 
 SCHEMA = """
@@ -415,17 +414,15 @@ def _parse_interchange(document: Any, genesis_validators_root: bytes) -> list[_P
         metadata = document["metadata"]
         if metadata["interchange_format_version"] != "5":
             raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "interchange format version is not 5")
-        if _unhex(metadata["genesis_validators_root"], ROOT_LENGTH, "root") != genesis_validators_root:
+        if _unhex(metadata["genesis_validators_root"], ROOT_SIZE, "root") != genesis_validators_root:
             raise PeerError(grpc.StatusCode.FAILED_PRECONDITION, "another genesis validators root")
         parsed = []
         for entry in document["data"]:
-            key = _unhex(entry["pubkey"], PUBKEY_LENGTH, "pubkey")
+            key = _unhex(entry["pubkey"], PUBKEY_SIZE, "pubkey")
             blocks = [
                 (
                     _uint(block["slot"], "slot"),
-                    _unhex(block["signing_root"], ROOT_LENGTH, "signing_root")
-                    if "signing_root" in block
-                    else None,
+                    _unhex(block["signing_root"], ROOT_SIZE, "signing_root") if "signing_root" in block else None,
                 )
                 for block in entry["signed_blocks"]
             ]
@@ -433,7 +430,7 @@ def _parse_interchange(document: Any, genesis_validators_root: bytes) -> list[_P
                 (
                     _uint(att["source_epoch"], "source_epoch"),
                     _uint(att["target_epoch"], "target_epoch"),
-                    _unhex(att["signing_root"], ROOT_LENGTH, "signing_root") if "signing_root" in att else None,
+                    _unhex(att["signing_root"], ROOT_SIZE, "signing_root") if "signing_root" in att else None,
                 )
                 for att in entry["signed_attestations"]
             ]
@@ -464,9 +461,9 @@ class _DatabaseThread:
 def _validate_attestation(
     request: signing_pb2.CheckAndRecordAttestationRequest, genesis_validators_root: bytes
 ) -> None:
-    if len(request.pubkey) != PUBKEY_LENGTH or len(request.signing_root) != ROOT_LENGTH:
+    if len(request.pubkey) != PUBKEY_SIZE or len(request.signing_root) != ROOT_SIZE:
         raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "pubkey must be 48 bytes, signing_root 32")
-    if len(request.genesis_validators_root) != ROOT_LENGTH:
+    if len(request.genesis_validators_root) != ROOT_SIZE:
         raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "genesis_validators_root must be 32 bytes")
     if request.genesis_validators_root != genesis_validators_root:
         raise PeerError(grpc.StatusCode.FAILED_PRECONDITION, "genesis_validators_root differs from the database's")
@@ -480,7 +477,7 @@ class PeerSigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):  
     async def CheckAndRecordBlock(
         self, request: signing_pb2.CheckAndRecordBlockRequest, context: grpc.aio.ServicerContext
     ) -> signing_pb2.CheckAndRecordBlockResponse:
-        if len(request.pubkey) != PUBKEY_LENGTH or len(request.signing_root) != ROOT_LENGTH:
+        if len(request.pubkey) != PUBKEY_SIZE or len(request.signing_root) != ROOT_SIZE:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pubkey must be 48 bytes, signing_root 32")
         if request.genesis_validators_root != self.root:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "genesis_validators_root differs")
@@ -538,7 +535,7 @@ class PeerAdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[mi
         self, request: admin_pb2.RegisterValidatorsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RegisterValidatorsResponse:
         keys = list(request.pubkeys)
-        if any(len(key) != PUBKEY_LENGTH for key in keys):
+        if any(len(key) != PUBKEY_SIZE for key in keys):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "every pubkey must be 48 bytes")
         new, known = await self.database.run(lambda store: store.register_validators(keys))
         return admin_pb2.RegisterValidatorsResponse(registered=new, already_registered=known)
@@ -644,7 +641,7 @@ def measure_in_process(
 
 def _parse_root(text: str) -> bytes:
     raw = bytes.fromhex(text.removeprefix("0x"))
-    if len(raw) != ROOT_LENGTH:
+    if len(raw) != ROOT_SIZE:
         raise argparse.ArgumentTypeError("expected 32 bytes of hex")
     return raw
 
@@ -671,7 +668,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             asyncio.run(serve(args.data_dir, args.genesis_validators_root, args.listen))
         elif args.command == "import":
             document = json.loads(args.file.read_bytes())
-            root = _unhex(document.get("metadata", {}).get("genesis_validators_root"), ROOT_LENGTH, "root")
+            root = _unhex(document.get("metadata", {}).get("genesis_validators_root"), ROOT_SIZE, "root")
             args.data_dir.mkdir(parents=True, exist_ok=True)
             store = SqlitePeerStore(args.data_dir / DATABASE_FILE, root)
             summary = store.import_interchange(document)

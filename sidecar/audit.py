@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar import records as codec
+from sidecar.domain import PUBKEY_SIZE
 from sidecar.rules import Reason
 from sidecar.storage import FileOps, read_records
-from sidecar.storage import state_codec as codec
 from sidecar.vocabulary import ATTESTATION, BLOCK, spelling, verdict
 
 __all__ = ["ATTESTATION", "BLOCK", "DecisionRecord", "decode_decision", "read_decisions"]
@@ -98,7 +99,7 @@ def read_decisions(
             newest = sequence
             if record_type not in (codec.BLOCK_DECISION, codec.ATTESTATION_DECISION):
                 continue
-            if pubkey is not None and payload[:48] != pubkey:
+            if pubkey is not None and payload[:PUBKEY_SIZE] != pubkey:
                 continue
             record = decode_decision(sequence, payload)
             if record is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from sidecar import __version__
+from sidecar.domain import DEFAULT_SEGMENT_BYTES
 from sidecar.errors import ConfigurationError, SidecarError
 from sidecar.logs import configure_logging
 from sidecar.networks import NETWORKS, genesis_validators_root_for, parse_hex, parse_root_hex
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         "--log-segment-bytes",
         type=int,
-        default=64 * 1024 * 1024,
+        default=DEFAULT_SEGMENT_BYTES,
         help="size at which the decision log starts a new segment (default 64 MiB)",
     )
     _option(
@@ -323,7 +324,7 @@ def _identities(values: list[str] | None, option: str) -> tuple[str, ...]:
 
 
 def _window(value: int | None) -> int | None:
-    from sidecar.store import DEFAULT_HISTORY_WINDOW_EPOCHS
+    from sidecar.domain import DEFAULT_HISTORY_WINDOW_EPOCHS
 
     if value is None:
         return DEFAULT_HISTORY_WINDOW_EPOCHS

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from itertools import accumulate, islice
 from operator import eq, le
 
+from sidecar.domain import ROOT_SIZE, SLOTS_PER_EPOCH
+
 __all__ = [
     "EPOCH_FLOOR_NONE",
     "SLOT_FLOOR_NONE",
@@ -63,7 +65,6 @@ __all__ = [
     "ValidatorHistory",
 ]
 
-ROOT_SIZE = 32
 _ZERO_ROOT = bytes(ROOT_SIZE)
 
 # Floor values that refuse nothing (slots and epochs are unsigned).
@@ -74,7 +75,6 @@ SOURCE_FLOOR_NONE = 0  # source floor: refuse source < floor
 # Pruning runs when the oldest record is this many epochs older than the window allows, so that it happens once
 # per PRUNE_SLACK_EPOCHS appends rather than on every one.
 PRUNE_SLACK_EPOCHS = 16
-SLOTS_PER_EPOCH = 32
 # Above every u64: the minimum of no record at all.
 _NO_MINIMUM = 1 << 64
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sidecar.domain import ROOT_SIZE
 from sidecar.errors import ConfigurationError
 
 __all__ = ["NETWORKS", "genesis_validators_root_for", "parse_root_hex"]
@@ -16,7 +17,7 @@ NETWORKS: dict[str, str] = {
 
 def parse_root_hex(text: str, what: str = "genesis validators root") -> bytes:
     """Parses a 0x-prefixed (or bare) 32-byte hex string."""
-    return parse_hex(text, 32, what)
+    return parse_hex(text, ROOT_SIZE, what)
 
 
 def parse_hex(text: str, size: int, what: str) -> bytes:

@@ -23,6 +23,7 @@ import grpc
 from grpc import aio
 
 from sidecar.backend import SUMMARY_BOUNDS, AttestationRequest, Backend, CheckpointInfo
+from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
 from sidecar.errors import (
     BackendUnavailableError,
     GenesisRootMismatchError,
@@ -55,8 +56,6 @@ __all__ = [
 log = logging.getLogger("sidecar.service")
 refusals = logging.getLogger("sidecar.refusals")
 
-PUBKEY_SIZE = 48
-ROOT_SIZE = 32
 U64_MAX = 2**64 - 1
 # Largest batch accepted: a 1,000,000-validator network's slot (31,250 attestations) fits several times over in
 # batches, and a batch this size still answers within a few milliseconds.

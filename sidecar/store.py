@@ -4,7 +4,7 @@ Layout of a data directory (created 0700, files 0600):
 
     DIR/LOCK                         OS lock held by the one process using DIR (sidecar.storage.dirlock)
     DIR/IDENTITY.json                {"format": 1, "genesis_validators_root": "0x.."}; written once, atomically
-    DIR/log/%020d.log                decision log segments (sidecar.storage.log, payloads in state_codec)
+    DIR/log/%020d.log                decision log segments (sidecar.storage, payloads in sidecar.records)
     DIR/checkpoints/checkpoint-%020d.ckpt   checkpoints (sidecar.storage.checkpoint)
     DIR/archive/                     log segments covered by checkpoints, when the operator keeps an audit trail
 
@@ -49,6 +49,7 @@ from interchange import (
     ValidatorRecords,
     write_interchange,
 )
+from sidecar import records as codec
 from sidecar.audit import DecisionRecord, decode_decision, read_decisions
 from sidecar.backend import (
     SUMMARY_BOUNDS,
@@ -89,7 +90,6 @@ from sidecar.storage import (
     scan_log,
     write_checkpoint,
 )
-from sidecar.storage import state_codec as codec
 
 # The value types are the seam's (sidecar.backend); re-exported for the local backend's callers.
 __all__ = [
@@ -334,7 +334,7 @@ class Store:
                     pending_import = []
                 else:
                     # Decisions and registrations may come between an import's records and its commit; they do
-                    # not end it (see state_codec).
+                    # not end it (see sidecar.records).
                     self._replay_record_locked(sequence, record_type, payload)
             except codec.CodecError as error:
                 raise DataDirError(
@@ -636,7 +636,7 @@ class Store:
         # the commit), a few MiB at a time, each part durable before the next is encoded: memory stays the staged
         # state plus one part, and signing goes on meanwhile. Checkpoints wait, so that none can cover some of
         # the records and not the commit; this also keeps imports one at a time, which is what lets replay take
-        # the last `count` import records before a commit as this import's (see state_codec).
+        # the last `count` import records before a commit as this import's (see sidecar.records).
         with self._checkpoint_lock:
             part: list[tuple[int, bytes]] = []
             part_bytes = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar import records as codec
 from sidecar.errors import DataDirError
 from sidecar.storage import (
     DataDirLock,
@@ -22,7 +23,6 @@ from sidecar.storage import (
     read_records,
     scan_log,
 )
-from sidecar.storage import state_codec as codec
 from sidecar.store import IDENTITY_FILE, Store, _open_identity
 
 __all__ = ["VerifyReport", "repair_data_dir", "verify_data_dir"]

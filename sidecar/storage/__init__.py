@@ -1,11 +1,16 @@
 """Storage for the slashing-protection sidecar: the decision log, checkpoints, the data-directory lock.
 
-The modules are payload-agnostic containers; what the bytes mean is ``state_codec``'s business.
+The modules are payload-agnostic containers and know nothing of slashing: what the bytes mean is the business
+of ``sidecar.records``, above this package. Nothing here imports ``sidecar`` outside ``sidecar.storage`` except
+the root of the error tree, ``sidecar.errors`` (``tests/storage/test_layering.py`` holds that).
 
 * ``fileio``: :class:`FileOps`, the one seam through which every OS call goes (faults and power loss are
   simulated by substituting it in tests).
 * ``framing``: the record and segment-header byte format (pure).
-* ``log``: segments, recovery scanning and repair, and :class:`DecisionLog` with group commit.
+* ``segments``: the decision log's segment files: names, listing, headers, and the log directory's layout.
+* ``reader``: scanning the log, with its three outcomes kept apart (clean end, torn tail, corruption).
+* ``repair``: truncating a torn tail, keeping the torn bytes as ``.broken``.
+* ``writer``: :class:`DecisionLog`: append, group commit, rotation, recovery from a failed fsync.
 * ``checkpoint``: atomic, checksummed checkpoint files.
 * ``dirlock``: one process per data directory.
 * ``errors``: the :class:`StorageError` tree.
@@ -35,20 +40,10 @@ from sidecar.storage.errors import (
 )
 from sidecar.storage.fileio import FileOps
 from sidecar.storage.framing import MAX_PAYLOAD_SIZE
-from sidecar.storage.log import (
-    DEFAULT_SEGMENT_BYTES,
-    DecisionLog,
-    DurableCallback,
-    LogRecord,
-    LogScan,
-    SegmentInfo,
-    TornTail,
-    list_segments,
-    read_records,
-    repair_torn_tail,
-    scan_log,
-    segment_name,
-)
+from sidecar.storage.reader import LogRecord, LogScan, TornTail, read_records, scan_log
+from sidecar.storage.repair import repair_torn_tail
+from sidecar.storage.segments import SegmentInfo, list_segments, segment_name
+from sidecar.storage.writer import DEFAULT_SEGMENT_BYTES, DecisionLog, DurableCallback
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",

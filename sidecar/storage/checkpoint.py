@@ -60,7 +60,8 @@ logger = logging.getLogger("sidecar.storage")
 
 CHECKPOINT_MAGIC = b"SIDECKPT"
 CHECKPOINT_FORMAT_VERSION = 1
-ROOT_SIZE = 32
+# The header's genesis_validators_root field, a framing constant of this container: storage knows no domain sizes.
+_ROOT_FIELD_SIZE = 32
 
 _HEADER = struct.Struct("<8sBQQ32s")
 _TRAILER = struct.Struct("<QI")
@@ -111,8 +112,10 @@ def write_checkpoint(
     Contract for the caller: every record up to ``sequence`` must already be durable in the decision log,
     or a crash could leave a checkpoint covering records the log no longer has (recovery refuses that).
     """
-    if len(genesis_validators_root) != ROOT_SIZE:
-        raise ValueError(f"genesis_validators_root must be {ROOT_SIZE} bytes, got {len(genesis_validators_root)}")
+    if len(genesis_validators_root) != _ROOT_FIELD_SIZE:
+        raise ValueError(
+            f"genesis_validators_root must be {_ROOT_FIELD_SIZE} bytes, got {len(genesis_validators_root)}"
+        )
     if sequence < 0:
         raise ValueError(f"sequence must be >= 0, got {sequence}")
     directory = Path(directory)

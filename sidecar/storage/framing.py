@@ -45,7 +45,7 @@ Decoding one record at an offset has exactly one of these outcomes (``Outcome``)
   bytes the caller has not supplied yet.
 
 Sequence continuity (consecutive numbers, first record matching the segment header) is a property of the log,
-not of one record; ``sidecar.storage.log`` checks it.
+not of one record; ``sidecar.storage.reader`` checks it.
 """
 
 from __future__ import annotations

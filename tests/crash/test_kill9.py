@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.history import SLOTS_PER_EPOCH
+from sidecar.domain import SLOTS_PER_EPOCH
 from slashing_protection.v1 import admin_pb2
 
 from .ledger import Attestation, Block, Ledger, pubkey_for, root_for

@@ -45,13 +45,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from interchange import InterchangeError, parse_interchange, stream_interchange_parts
+from sidecar import records as codec
 from sidecar.errors import SidecarError
+from sidecar.local import LocalBackend
 from sidecar.metrics import Metrics
-from sidecar.service import AdminServicer, Durability, SigningServicer, StoreHolder
+from sidecar.service import AdminServicer, BackendHolder, SigningServicer
 from sidecar.storage import FileOps, read_checkpoint, read_records, verify_checkpoint
-from sidecar.storage import state_codec as codec
 from sidecar.storage.framing import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, encode_segment_header
-from sidecar.storage.log import SegmentInfo, _SegmentReader, segment_name
+from sidecar.storage.reader import SegmentReader
+from sidecar.storage.segments import SegmentInfo, segment_name
 from sidecar.store import Store, StoreOptions, stage_import
 from slashing_protection.v1 import admin_pb2, signing_pb2
 
@@ -146,7 +148,7 @@ def _frame_boundaries(body: bytes) -> list[tuple[int, int]]:
 
 
 def _read_segment(segment_info: SegmentInfo, chunk_bytes: int) -> tuple[object, ...]:
-    reader = _SegmentReader(FileOps(), segment_info, chunk_bytes=chunk_bytes)
+    reader = SegmentReader(FileOps(), segment_info, chunk_bytes=chunk_bytes)
     try:
         records = [record for batch in reader.batches() for record in batch]
     except SidecarError as error:
@@ -275,12 +277,12 @@ class _Service:
         data_dir = _scratch_base() / "service"
         self.store = Store.open_or_create(data_dir, GENESIS, _options())
         self.store.register_validators(list(REGISTERED))
-        holder = StoreHolder()
-        holder.store = self.store
+        backend = LocalBackend(self.store, self.loop)
+        holder = BackendHolder()
+        holder.backend = backend
         holder.accepting = True
-        durability = Durability(self.loop)
-        self.signing = SigningServicer(holder, Metrics(), durability)
-        self.admin = AdminServicer(holder, durability, self.store.save_checkpoint)
+        self.signing = SigningServicer(holder, Metrics())
+        self.admin = AdminServicer(holder, backend.save_checkpoint)
         atexit.register(self.close)
 
     def close(self) -> None:

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import DecodeError
 
+from sidecar import records as codec
 from sidecar.storage import CheckpointError, FileOps, LogCorruptionError, read_checkpoint, read_records
-from sidecar.storage import state_codec as codec
 from sidecar.storage.framing import MAX_PAYLOAD_SIZE, encode_record, encode_segment_header
-from sidecar.storage.log import segment_name
+from sidecar.storage.segments import segment_name
 from slashing_protection.v1 import signing_pb2
 
 from .targets import TARGETS, quiet_logs, wrap_checkpoint

@@ -17,7 +17,8 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from interchange import SignedAttestation, SignedBlock, ValidatorEntryEnd, ValidatorRecordsPart
-from sidecar.history import PRUNE_SLACK_EPOCHS, SLOTS_PER_EPOCH, StagedHistory, ValidatorHistory
+from sidecar.domain import SLOTS_PER_EPOCH
+from sidecar.history import PRUNE_SLACK_EPOCHS, StagedHistory, ValidatorHistory
 from sidecar.import_staging import DocumentStaging
 from sidecar.rules import Reason, check_attestation, check_block
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sidecar.domain import SLOTS_PER_EPOCH
 from slashing_protection.v1 import admin_pb2, signing_pb2
 from tests.service.helpers import (
     ROOT,
@@ -24,7 +25,6 @@ from tests.support.server import Running, running_server
 
 A, B = signing_root(0xA), signing_root(0xB)
 R = signing_pb2
-SLOTS_PER_EPOCH = 32
 BOUNDS = (
     "lowest_slot",
     "highest_slot",

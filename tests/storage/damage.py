@@ -13,7 +13,8 @@ from sidecar.storage.framing import (
     encode_record,
     encode_segment_header,
 )
-from sidecar.storage.log import DecisionLog, list_segments, segment_name
+from sidecar.storage.segments import list_segments, segment_name
+from sidecar.storage.writer import DecisionLog
 
 
 def payload_for(sequence: int, size: int = 40) -> bytes:

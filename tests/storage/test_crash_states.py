@@ -12,7 +12,7 @@ rename and directory-fsync boundary of its trace, ``crash_states`` builds the di
 * A holed state (every ``hole-*`` state, and a ``random`` one where a skipped write reads as zeros before a
   later one that landed) may do that, or refuse to start with ``LogCorruptionError`` naming the segment and a
   byte offset: the reader cannot tell a hole in a write that was never synced from a synced sector the disk
-  zeroed later, and fails closed (see ``sidecar.storage.log``). Then ``repair`` with bounds above the workload
+  zeroed later, and fails closed (see ``sidecar.storage.reader``). Then ``repair`` with bounds above the workload
   must let it open, refusing a conflicting message for every acknowledged answer.
 
 The small workload is enumerated exhaustively; a bigger one is sampled behind ``slow``.

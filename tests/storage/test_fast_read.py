@@ -30,7 +30,8 @@ from sidecar.storage.framing import (
     encode_segment_header,
     find_intact_record,
 )
-from sidecar.storage.log import SegmentInfo, _SegmentReader
+from sidecar.storage.reader import SegmentReader
+from sidecar.storage.segments import SegmentInfo
 
 from .damage import build_log, payload_for
 
@@ -79,7 +80,7 @@ def reference_read(path: Path, first_sequence: int, after_sequence: int = 0) -> 
 
 
 def fast_read(path: Path, first_sequence: int, chunk_bytes: int, after_sequence: int = 0) -> Read:
-    reader = _SegmentReader(
+    reader = SegmentReader(
         FILEOPS, SegmentInfo(path, first_sequence, path.stat().st_size), chunk_bytes=chunk_bytes
     )
     records: list[tuple[int, int, bytes]] = []

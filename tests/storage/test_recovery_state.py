@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar import records as codec
+from sidecar.domain import DEFAULT_SEGMENT_BYTES
 from sidecar.history import ValidatorHistory
-from sidecar.storage import state_codec as codec
 from sidecar.store import Store, StoreOptions, Strategy
 from tests.crash.ledger import pubkey_for, root_for
 from tests.support.history_state import full_state
@@ -80,7 +81,7 @@ steps = st.lists(
     workload=steps,
     window=st.sampled_from([None, 2, 64]),
     strategy=st.sampled_from(list(Strategy)),
-    segment_bytes=st.sampled_from([1024, 64 * 1024 * 1024]),
+    segment_bytes=st.sampled_from([1024, DEFAULT_SEGMENT_BYTES]),
 )
 def test_reopened_store_holds_exactly_the_live_state(
     tmp_path_factory: pytest.TempPathFactory,

@@ -1,7 +1,10 @@
-"""Payloads of log records and the body of checkpoints: what the store writes inside the storage containers.
+"""Codecs of the domain's records: the payloads of log records and the body of checkpoints, what the store writes
+inside the storage containers.
 
-The containers (framing, segments, checkpoint files, checksums) are `framing`, `log` and `checkpoint`; this
-module fixes what their opaque payloads mean. All integers are little-endian; roots are 32 raw bytes, pubkeys 48.
+The containers (framing, segments, checkpoint files, checksums) are `sidecar.storage`'s, which treats these
+payloads as opaque bytes; this module, above it, fixes what they mean. It depends on the domain (history, rules,
+`sidecar.domain`) and on storage's framing limit, never on the store. All integers are little-endian; roots are
+32 raw bytes, pubkeys 48.
 
 Log record types (type 0 is reserved by the framing):
 
@@ -66,9 +69,10 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
 from sidecar.history import EPOCH_FLOOR_NONE, SLOT_FLOOR_NONE, SOURCE_FLOOR_NONE, ValidatorHistory
 from sidecar.rules import Reason
-from sidecar.storage.framing import MAX_PAYLOAD_SIZE
+from sidecar.storage import MAX_PAYLOAD_SIZE
 
 __all__ = [
     "ATTESTATION_DECISION",
@@ -108,8 +112,6 @@ IMPORT_VALIDATOR = 4
 IMPORT_COMMIT = 5
 IMPORT_PRUNED_VALIDATOR = 6
 
-PUBKEY_SIZE = 48
-ROOT_SIZE = 32
 CHECKPOINT_BODY_VERSION = 1
 
 _BLOCK = struct.Struct("<48sQ32sBBQ")

@@ -1,4 +1,5 @@
-"""Recovery scanning over real segment files with hand-made damage: each kind of damage has one outcome.
+"""Recovery scanning (``sidecar.storage.reader``) over real segment files with hand-made damage: each kind of
+damage has one outcome, and a torn tail is then repaired (``sidecar.storage.repair``).
 
 The standard log has three segments of 40 records (217-byte frames, so a segment is ~8.7 KiB and a 4 KiB
 sector holds ~19 records): A = 1..40, B = 41..80, C = 81..120.
