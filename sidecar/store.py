@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import struct
 import threading
@@ -76,6 +75,7 @@ from sidecar.history import (
     ValidatorHistory,
 )
 from sidecar.import_staging import stage_interchange
+from sidecar.local.layout import IDENTITY_FILE, DataDirLayout, open_or_create_identity
 from sidecar.rules import Decision, Reason, check_attestation, check_block
 from sidecar.storage import (
     DataDirLock,
@@ -94,6 +94,7 @@ from sidecar.storage import state_codec as codec
 # The value types are the seam's (sidecar.backend); re-exported for the local backend's callers.
 __all__ = [
     "DEFAULT_HISTORY_WINDOW_EPOCHS",
+    "IDENTITY_FILE",
     "SUMMARY_BOUNDS",
     "SUMMARY_COUNTS",
     "AttestationRequest",
@@ -108,14 +109,11 @@ __all__ = [
 
 log = logging.getLogger("sidecar.store")
 
-IDENTITY_FILE = "IDENTITY.json"
 _REASON_NUMBERS = frozenset(int(reason) for reason in Reason)
 # Module constants rather than enum attributes: _apply_attestation runs once per replayed record.
 _ALLOWED_NEW = int(Reason.ALLOWED_NEW)
 _ALLOWED_REPEAT = int(Reason.ALLOWED_REPEAT)
-IDENTITY_FORMAT = 1
 PUBKEY_SIZE = 48
-ROOT_SIZE = 32
 # 64 epochs (~6.8 hours) of attestations per validator: about 4 KiB each, so 100,000 validators stay well under
 # 1 GB. Pruning only ever adds refusals (see sidecar.history), so the window trades memory for the ability to
 # sign old messages out of order, never safety.
@@ -214,7 +212,7 @@ class Store:
             )
         dir_lock = DataDirLock.acquire(data_dir, fileops=fileops)
         try:
-            root = _open_identity(data_dir, genesis_validators_root, fileops)
+            root = open_or_create_identity(DataDirLayout(data_dir), genesis_validators_root, fileops)
             store = cls(data_dir, root, options, dir_lock)
             with bulk_loading():
                 store._recover(started)
@@ -362,7 +360,7 @@ class Store:
         report: list[str] = []
         dir_lock = DataDirLock.acquire(data_dir, fileops=fileops)
         try:
-            root = _open_identity(data_dir, None, fileops)
+            root = open_or_create_identity(DataDirLayout(data_dir), None, fileops)
             store = cls(data_dir, root, options, dir_lock)
             loaded, problems = store._load_checkpoint()
             report.extend(f"skipped damaged checkpoint: {problem}" for problem in problems)
@@ -968,45 +966,3 @@ def _raised_floors_text(
         if new != old
     ]
     return "raised the lower bounds: " + ", ".join(raised) if raised else ""
-
-
-def _open_identity(data_dir: Path, genesis_validators_root: bytes | None, fileops: FileOps) -> bytes:
-    """Reads DIR/IDENTITY.json, or writes it for a new directory. Returns the directory's root."""
-    path = data_dir / IDENTITY_FILE
-    raw = fileops.read_file_if_exists(path)
-    if raw is None:
-        if _has_files(data_dir, fileops):
-            raise DataDirError(f"{data_dir} holds a log or checkpoints but no {IDENTITY_FILE}; refusing to guess")
-        if genesis_validators_root is None:
-            raise DataDirError(
-                f"{data_dir} is a new data directory: give --network or --genesis-validators-root to create it"
-            )
-        document = {"format": IDENTITY_FORMAT, "genesis_validators_root": "0x" + genesis_validators_root.hex()}
-        fileops.write_file_atomically(path, (json.dumps(document, indent=2) + "\n").encode())
-        return genesis_validators_root
-    try:
-        document = json.loads(raw)
-        if not isinstance(document, dict):
-            raise ValueError("not a JSON object")
-        if document.get("format") != IDENTITY_FORMAT:
-            raise DataDirError(f"{path}: unknown identity format {document.get('format')!r}")
-        root_text = str(document["genesis_validators_root"])
-        root = bytes.fromhex(root_text[2:]) if root_text.startswith("0x") else b""
-        if len(root) != ROOT_SIZE:
-            raise ValueError("genesis_validators_root is not 0x-prefixed 32-byte hex")
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise DataDirError(f"{path} is damaged: {error}") from error
-    if genesis_validators_root is not None and genesis_validators_root != root:
-        raise GenesisRootMismatchError(
-            f"{data_dir} was created for genesis validators root 0x{root.hex()}, not "
-            f"0x{genesis_validators_root.hex()}"
-        )
-    return root
-
-
-def _has_files(data_dir: Path, fileops: FileOps) -> bool:
-    for sub in ("log", "checkpoints"):
-        directory = data_dir / sub
-        if fileops.is_dir(directory) and fileops.listdir(directory):
-            return True
-    return False
