@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sidecar.errors import DataDirError
 from sidecar.local.layout import IDENTITY_FILE, DataDirLayout, read_identity
+from sidecar.local.repair import repair_data_dir as _repair
 from sidecar.storage import (
     DataDirLock,
     DataDirLockedError,
@@ -24,7 +25,6 @@ from sidecar.storage import (
     scan_log,
 )
 from sidecar.storage import state_codec as codec
-from sidecar.store import Store
 
 __all__ = ["VerifyReport", "repair_data_dir", "verify_data_dir"]
 
@@ -132,4 +132,4 @@ def _verify(data_dir: Path, fileops: FileOps, report: VerifyReport) -> None:
 def repair_data_dir(data_dir: Path, min_slot: int, min_epoch: int) -> list[str]:
     if not data_dir.is_dir():
         raise DataDirError(f"{data_dir} is not a directory")
-    return Store.repair(data_dir, min_slot, min_epoch)
+    return _repair(data_dir, min_slot, min_epoch)

@@ -30,7 +30,7 @@ ROOTS = [root_for("message", index) for index in range(3)]
 
 
 def store_state(store: Store) -> dict[bytes, dict[str, object]]:
-    return {pubkey: full_state(history) for pubkey, history in store._validators.items()}
+    return {pubkey: full_state(history) for pubkey, history in store._state.validators.items()}
 
 
 def interchange(entries: list[tuple[int, list[int], list[tuple[int, int]]]]) -> bytes:
