@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.backend import Strategy
 from sidecar.history import ValidatorHistory
+from sidecar.local.options import StoreOptions
+from sidecar.local.store import Store
 from sidecar.storage import state_codec as codec
-from sidecar.store import Store, StoreOptions, Strategy
 from tests.crash.ledger import pubkey_for, root_for
 from tests.support.history_state import full_state
 
