@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sidecar import records as codec
 from sidecar.domain import PUBKEY_SIZE
+from sidecar.local.layout import DataDirLayout
 from sidecar.rules import Reason
 from sidecar.storage import FileOps, read_records
 from sidecar.vocabulary import ATTESTATION, BLOCK, spelling, verdict
@@ -90,7 +91,7 @@ def read_decisions(
     """Decisions with sequence > since_sequence (for one key, or all), from the archive and then the log, each
     once and in order: a power cut while segments move to the archive can leave a segment in both places."""
     newest = since_sequence
-    for directory in (data_dir / "archive", data_dir / "log"):
+    for directory in DataDirLayout(data_dir).record_dirs:
         if not fileops.exists(directory):
             continue
         for sequence, record_type, payload in read_records(directory, fileops, after_sequence=newest):

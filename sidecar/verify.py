@@ -12,6 +12,8 @@ from pathlib import Path
 
 from sidecar import records as codec
 from sidecar.errors import DataDirError
+from sidecar.local.layout import IDENTITY_FILE, DataDirLayout, read_identity
+from sidecar.local.repair import repair_data_dir as _repair
 from sidecar.storage import (
     DataDirLock,
     DataDirLockedError,
@@ -23,7 +25,6 @@ from sidecar.storage import (
     read_records,
     scan_log,
 )
-from sidecar.store import IDENTITY_FILE, Store, _open_identity
 
 __all__ = ["VerifyReport", "repair_data_dir", "verify_data_dir"]
 
@@ -70,14 +71,15 @@ def verify_data_dir(data_dir: Path, fileops: FileOps | None = None) -> VerifyRep
 
 
 def _verify(data_dir: Path, fileops: FileOps, report: VerifyReport) -> None:
+    layout = DataDirLayout(data_dir)
     try:
-        root = _open_identity(data_dir, None, fileops)
+        root = read_identity(layout, fileops)
         report.good(f"{IDENTITY_FILE}: genesis validators root 0x{root.hex()}")
     except DataDirError as error:
         report.bad(str(error))
         root = None
     newest_valid = None
-    for checkpoint in list_checkpoints(data_dir / "checkpoints", fileops):
+    for checkpoint in list_checkpoints(layout.checkpoint_dir, fileops):
         try:
             loaded = read_checkpoint(checkpoint.path, fileops)
             count = sum(1 for _ in codec.decode_checkpoint_body(loaded.body))
@@ -89,7 +91,7 @@ def _verify(data_dir: Path, fileops: FileOps, report: VerifyReport) -> None:
             continue
         report.good(f"checkpoint {checkpoint.path.name}: {count} validators, sequence {loaded.sequence}")
         newest_valid = loaded.sequence if newest_valid is None else max(newest_valid, loaded.sequence)
-    for directory in (data_dir / "archive", data_dir / "log"):
+    for directory in layout.record_dirs:
         if not fileops.is_dir(directory):
             continue
         scan = read_records(directory, fileops)
@@ -120,7 +122,7 @@ def _verify(data_dir: Path, fileops: FileOps, report: VerifyReport) -> None:
         span = f", sequences {first}..{last}" if records else ""
         report.good(f"{directory.name}/: {records} records in {len(scan.segments)} segments{span}")
     try:
-        scan_log(data_dir / "log", fileops, after_sequence=newest_valid or 0).consume()
+        scan_log(layout.log_dir, fileops, after_sequence=newest_valid or 0).consume()
         report.good("the log continues the newest valid checkpoint")
     except LogCorruptionError as error:
         if not any(str(error) in line for line in report.lines):
@@ -130,4 +132,4 @@ def _verify(data_dir: Path, fileops: FileOps, report: VerifyReport) -> None:
 def repair_data_dir(data_dir: Path, min_slot: int, min_epoch: int) -> list[str]:
     if not data_dir.is_dir():
         raise DataDirError(f"{data_dir} is not a directory")
-    return Store.repair(data_dir, min_slot, min_epoch)
+    return _repair(data_dir, min_slot, min_epoch)

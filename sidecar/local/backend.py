@@ -20,9 +20,10 @@ from sidecar.backend import (
 )
 from sidecar.errors import BackendUnavailableError
 from sidecar.local.durability import Durability, LoneCallDetector
+from sidecar.local.options import StoreOptions
+from sidecar.local.store import Store
 from sidecar.rules import Decision
 from sidecar.storage import LogUnavailableError, StorageError
-from sidecar.store import Store, StoreOptions
 
 __all__ = ["LocalBackend"]
 

@@ -16,14 +16,18 @@ import pytest
 
 from interchange import ValidatorEntryEnd, ValidatorRecordsPart, stream_interchange_parts
 from sidecar import records as codec
+from sidecar.backend import Strategy
 from sidecar.domain import SLOTS_PER_EPOCH
 from sidecar.errors import DataDirError, GenesisRootMismatchError, ImportRefusedError
 from sidecar.history import PRUNE_SLACK_EPOCHS, ValidatorHistory
 from sidecar.import_staging import DocumentStaging
+from sidecar.local.gc import BULK_GC_THRESHOLD, bulk_loading
+from sidecar.local.imports import stage_import
+from sidecar.local.options import StoreOptions
+from sidecar.local.store import Store
 from sidecar.rules import Reason
 from sidecar.storage import FileOps, read_records
 from sidecar.storage.framing import encode_record, encode_segment_header
-from sidecar.store import BULK_GC_THRESHOLD, Store, StoreOptions, Strategy, bulk_loading, stage_import
 from sidecar.verify import verify_data_dir
 
 GENESIS = bytes(range(32))

@@ -19,9 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar import records as codec
+from sidecar.backend import Strategy
 from sidecar.domain import DEFAULT_SEGMENT_BYTES
 from sidecar.history import ValidatorHistory
-from sidecar.store import Store, StoreOptions, Strategy
+from sidecar.local.options import StoreOptions
+from sidecar.local.store import Store
 from tests.crash.ledger import pubkey_for, root_for
 from tests.support.history_state import full_state
 
@@ -31,7 +33,7 @@ ROOTS = [root_for("message", index) for index in range(3)]
 
 
 def store_state(store: Store) -> dict[bytes, dict[str, object]]:
-    return {pubkey: full_state(history) for pubkey, history in store._validators.items()}
+    return {pubkey: full_state(history) for pubkey, history in store._state.validators.items()}
 
 
 def interchange(entries: list[tuple[int, list[int], list[tuple[int, int]]]]) -> bytes:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from sidecar.local.options import StoreOptions
+from sidecar.local.store import Store
 from sidecar.storage import list_checkpoints
-from sidecar.store import Store, StoreOptions
-
-from .fakes import GatedFileOps
+from tests.storage.fakes import GatedFileOps
 
 ROOT = bytes(32)
 

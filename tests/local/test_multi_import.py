@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.backend import ImportStatus, Strategy
+from sidecar.local.options import StoreOptions
+from sidecar.local.store import Store
 from sidecar.rules import Reason
-from sidecar.store import ImportStatus, Store, StoreOptions, Strategy
 from tests.rules.rules_oracle import Attestation, Block, Recorded
 from tests.rules.test_rules_multi_import import client_stints, slashable_attestation, slashable_block
 

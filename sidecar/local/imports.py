@@ -1,0 +1,172 @@
+"""EIP-3076 import into a data directory: staging a document, writing its records and applying them, and the
+result an operator reads.
+
+An import is all or nothing. The document is read whole and staged before anything changes (`stage_import`,
+each key's records pruned to the history window as they arrive, see `sidecar.import_staging`), so memory follows
+the state the import leaves behind, not the size of the file. Its records then go to the log without the state
+lock (they change nothing until the commit), a few MiB at a time, each part durable before the next is encoded;
+the commit record is appended and every key applied under the lock, and the import answers once the commit is
+durable. Replay applies the commit identically (`sidecar.local.recovery`).
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from collections import deque
+from collections.abc import Callable
+from typing import BinaryIO, NamedTuple
+
+from interchange import InterchangeError, Metadata
+from sidecar import records as codec
+from sidecar.backend import ImportResult, ImportStatus, Strategy, ValidatorImportOutcome
+from sidecar.errors import GenesisRootMismatchError, ImportRefusedError
+from sidecar.history import StagedHistory
+from sidecar.import_staging import stage_interchange
+from sidecar.local.options import StoreOptions
+from sidecar.local.state import Floors, ValidatorStates
+from sidecar.storage import DecisionLog
+
+__all__ = [
+    "IMPORT_PART_BYTES",
+    "MAX_LISTED_IMPORT_RESULTS",
+    "StagedImport",
+    "check_import_root",
+    "stage_import",
+    "write_and_apply_locked",
+]
+
+# Results listed per import response; the rest are counted (keeps a 1,000,000-key response far below 4 MiB).
+MAX_LISTED_IMPORT_RESULTS = 1000
+# An import's records go to the log in parts of about this size, each durable before the next is encoded.
+IMPORT_PART_BYTES = 2 * 1024 * 1024
+
+
+class StagedImport(NamedTuple):
+    """A whole EIP-3076 document, read and staged (see `stage_import`), ready for `Store.import_staged`."""
+
+    genesis_validators_root: bytes
+    strategy: Strategy
+    window_epochs: int | None
+    validators: list[tuple[bytes, StagedHistory]]
+
+
+def stage_import(
+    source: BinaryIO,
+    options: StoreOptions,
+    *,
+    progress: Callable[[int], None] | None = None,
+    genesis_validators_root: bytes | None = None,
+) -> StagedImport:
+    """Reads and stages a whole document for a store with `options`, without needing the store: what an import
+    into a new directory does first, so that the directory is created only for a document that is valid whole,
+    and the file is read once. With `genesis_validators_root`, a document for another root is refused as soon as
+    its metadata is read. Raises ImportRefusedError or GenesisRootMismatchError; changes nothing anywhere."""
+    roots: list[bytes] = []
+
+    def on_metadata(metadata: Metadata) -> None:
+        if genesis_validators_root is not None:
+            check_import_root(metadata.genesis_validators_root, genesis_validators_root, "the expected")
+        roots.append(metadata.genesis_validators_root)
+
+    try:
+        validators = stage_interchange(
+            source,
+            window_epochs=options.history_window_epochs,
+            minimal=options.strategy is Strategy.MINIMAL,
+            max_records_per_validator=codec.MAX_IMPORT_RECORDS,
+            on_metadata=on_metadata,
+            progress=progress,
+        )
+    except InterchangeError as error:
+        raise ImportRefusedError(f"interchange refused: {error}") from error
+    return StagedImport(roots[0], options.strategy, options.history_window_epochs, validators)
+
+
+def check_import_root(document_root: bytes, expected_root: bytes, whose: str) -> None:
+    if document_root != expected_root:
+        raise GenesisRootMismatchError(
+            f"interchange genesis_validators_root 0x{document_root.hex()} differs from {whose} "
+            f"0x{expected_root.hex()}"
+        )
+
+
+def write_and_apply_locked(
+    staged_import: StagedImport, log: DecisionLog, state: ValidatorStates, lock: threading.Lock
+) -> ImportResult:
+    """Writes a staged import's records, then its commit, applies it and waits until it is durable.
+
+    The caller holds the store's checkpoint lock (`_locked`), not `lock`, the state lock: checkpoints wait, so
+    that none can cover some of the records and not the commit. This also keeps imports one at a time, which is
+    what lets replay take the last `count` import records before a commit as this import's (see sidecar.records).
+    """
+    minimal = staged_import.strategy is Strategy.MINIMAL
+    staged = deque(staged_import.validators)
+    count = len(staged)
+    result = ImportResult(validators=count)
+    record_sequences = array("Q")
+    # Memory stays the staged state plus one part, and signing goes on meanwhile.
+    part: list[tuple[int, bytes]] = []
+    part_bytes = 0
+    for index, (pubkey, stage) in enumerate(staged):
+        payload = codec.encode_import_pruned_validator(minimal, pubkey, stage.history)
+        part.append((codec.IMPORT_PRUNED_VALIDATOR, payload))
+        part_bytes += len(payload)
+        if part_bytes >= IMPORT_PART_BYTES or index == count - 1:
+            last = log.append_many(part)
+            record_sequences.extend(range(last - len(part) + 1, last + 1))
+            log.wait_durable(last)
+            part, part_bytes = [], 0
+    with lock:
+        last = log.append(codec.IMPORT_COMMIT, codec.encode_import_commit(count))
+        for record_sequence in record_sequences:
+            # Popped as applied, so a staged history is freed once merged rather than at the end.
+            pubkey, stage = staged.popleft()
+            status, floors = state.apply_import_locked(pubkey, minimal, stage.history, last, record_sequence)
+            if stage.reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
+                status = ImportStatus.MINIFIED
+            elif stage.slashable and status is ImportStatus.IMPORTED:
+                # Merging into an empty history does not look for conflicts among the records; staging did.
+                status = ImportStatus.IMPORTED_SLASHABLE_DATA
+            _count_import(result, pubkey, status, _raised_floors_text(*floors) if floors is not None else "")
+    result.sequence = last
+    log.wait_durable(last)
+    return result
+
+
+def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus, raised_floors: str = "") -> None:
+    result.status_counts[status] = result.status_counts.get(status, 0) + 1
+    if status is ImportStatus.IMPORTED:
+        result.imported += 1
+        return
+    if len(result.results) >= MAX_LISTED_IMPORT_RESULTS:
+        result.results_omitted += 1
+        return
+    message = _IMPORT_MESSAGES[status]
+    result.results.append(
+        ValidatorImportOutcome(pubkey, status, f"{message}; {raised_floors}" if raised_floors else message)
+    )
+
+
+_IMPORT_MESSAGES = {
+    ImportStatus.MERGED: "merged with the history already recorded",
+    ImportStatus.MINIFIED: "minimal strategy: kept the highest block and attestation only",
+    ImportStatus.UNCHANGED: "every record was already known; nothing changed",
+    ImportStatus.IMPORTED_SLASHABLE_DATA: (
+        "the file holds slashable data (a double proposal, a double or surround vote, or a source above its "
+        "target, within the file or against the recorded history); kept as it is, which only refuses more"
+    ),
+}
+
+_BOUND_NAMES = ("slot", "source epoch", "target epoch")
+
+
+def _raised_floors_text(before: Floors, after: Floors) -> str:
+    """The lower bounds an import raised, as the operator reads them: "raised the lower bounds: slot 6739 (was
+    5701), ..." (a block needs a slot above it, an attestation a source at or above it and a target above it)."""
+    raised = [
+        f"{name} {new}" + ("" if old is None else f" (was {old})")
+        for name, old, new in zip(_BOUND_NAMES, before, after, strict=True)
+        if new != old
+    ]
+    return "raised the lower bounds: " + ", ".join(raised) if raised else ""
