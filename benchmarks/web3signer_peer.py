@@ -77,8 +77,6 @@ from benchmarks.common import GENESIS_VALIDATORS_ROOT, pubkeys, signing_root
 from benchmarks.server_runtime import serve_until_signalled
 from benchmarks.sqlite_peer import (
     EXPORT_CHUNK,
-    PUBKEY_LENGTH,
-    ROOT_LENGTH,
     ImportSummary,
     PeerDecision,
     PeerError,
@@ -86,6 +84,7 @@ from benchmarks.sqlite_peer import (
     _parse_interchange,
     _unhex,
 )
+from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
 from slashing_protection.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -644,9 +643,9 @@ class _Transaction:
 
 
 def _check_request(pubkey: bytes, root: bytes, genesis_validators_root: bytes, expected_root: bytes) -> None:
-    if len(pubkey) != PUBKEY_LENGTH or len(root) != ROOT_LENGTH:
+    if len(pubkey) != PUBKEY_SIZE or len(root) != ROOT_SIZE:
         raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "pubkey must be 48 bytes, signing_root 32")
-    if len(genesis_validators_root) != ROOT_LENGTH:
+    if len(genesis_validators_root) != ROOT_SIZE:
         raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "genesis_validators_root must be 32 bytes")
     if genesis_validators_root != expected_root:
         raise PeerError(grpc.StatusCode.FAILED_PRECONDITION, "genesis_validators_root differs from the database's")
@@ -726,7 +725,7 @@ class Web3SignerAdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ign
         self, request: admin_pb2.RegisterValidatorsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RegisterValidatorsResponse:
         keys = list(request.pubkeys)
-        if any(len(key) != PUBKEY_LENGTH for key in keys):
+        if any(len(key) != PUBKEY_SIZE for key in keys):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "every pubkey must be 48 bytes")
         new, known = await self.store.register_validators(keys)
         return admin_pb2.RegisterValidatorsResponse(registered=new, already_registered=known)
@@ -841,14 +840,14 @@ async def measure_in_process(
 
 def _parse_root(text: str) -> bytes:
     raw = bytes.fromhex(text.removeprefix("0x"))
-    if len(raw) != ROOT_LENGTH:
+    if len(raw) != ROOT_SIZE:
         raise argparse.ArgumentTypeError("expected 32 bytes of hex")
     return raw
 
 
 async def _import_file(args: argparse.Namespace) -> int:
     document = json.loads(args.file.read_bytes())
-    root = _unhex(document.get("metadata", {}).get("genesis_validators_root"), ROOT_LENGTH, "root")
+    root = _unhex(document.get("metadata", {}).get("genesis_validators_root"), ROOT_SIZE, "root")
     store = Web3SignerStore(args.database_url, root, pool_size=max(1, os.cpu_count() or 1))
     await store.open()
     try:

@@ -9,6 +9,7 @@ finds wrong becomes a plain test of its exact bytes, committed with its fix.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -49,7 +50,11 @@ def seeds() -> list[object]:
 @pytest.mark.parametrize(("target", "path"), seeds())
 def test_every_seed_gets_an_answer_or_one_of_our_errors(target: str, path: Path) -> None:
     quiet_logs()
-    TARGETS[target](path.read_bytes())
+    try:
+        TARGETS[target](path.read_bytes())
+    finally:
+        # Process-wide: left disabled, every later test of this worker would lose its log records (caplog).
+        logging.disable(logging.NOTSET)
 
 
 def test_every_target_has_seeds() -> None:

@@ -150,15 +150,33 @@ class Protection:
     signed: Recorded = field(default_factory=Recorded)
     # Minimal strategy: what every import's minification raised the bounds to (the highest records so far).
     minimal_floors: Floors = Floors()
+    # Lower bounds an operator raised (`repair`): nothing at or below them is signed anew, a repeat excepted.
+    raised_floors: Floors = Floors()
 
     def everything(self) -> Recorded:
         """Every record known for the key, imported or signed, as one list (for the slashing conditions)."""
+        raised = self.raised_floors
         if self.minimal:
-            return Recorded(list(self.signed.blocks), list(self.signed.attestations), self.minimal_floors)
+            floors = self.minimal_floors
+            return Recorded(
+                list(self.signed.blocks),
+                list(self.signed.attestations),
+                Floors(
+                    max(floors.slot, raised.slot),
+                    max(floors.source, raised.source),
+                    max(floors.target, raised.target),
+                ),
+            )
         return Recorded(
             [block for file in self.files for block in file.blocks] + self.signed.blocks,
             [a for file in self.files for a in file.attestations] + self.signed.attestations,
+            raised,
         )
+
+    def raise_floors(self, slot: int, source: int, target: int) -> None:
+        """An operator's `repair`: lower bounds for everything after, kept apart from any file."""
+        raised = self.raised_floors
+        self.raised_floors = Floors(max(raised.slot, slot), max(raised.source, source), max(raised.target, target))
 
     def import_file(self, file: Recorded) -> None:
         self.files.append(file)
