@@ -44,6 +44,10 @@ GENESIS_VALIDATORS_ROOT = root_for("fuse power-loss genesis")
 ACTIVE_VALIDATORS = 12
 IDLE_VALIDATORS = 500  # registered, never signing: checkpoints take long enough to be cut in the middle
 SERVE_OPTIONS = (
+    # Keep every record: the re-check then wants every ALLOWED answer back as a repeat, however many cycles ran
+    # (with the default 64-epoch window, the long runs' early votes are pruned and refused by a floor instead).
+    "--history-window-epochs",
+    "0",
     "--checkpoint-interval",
     "0.2",
     "--checkpoint-keep",
