@@ -104,6 +104,11 @@ __all__ = [
     "Strategy",
     "ValidatorImportOutcome",
     "ValidatorSummary",
+    "count_import",
+    "interchange_records",
+    "merge_imported",
+    "staged_status",
+    "summarize",
 ]
 
 log = logging.getLogger("sidecar.store")
@@ -491,35 +496,12 @@ class Store:
         key's floors to them whatever history it already had. Returns the key's status and, for a key that had
         history, the floors the import raised as a sentence ("" when none rose)."""
         history = self._validators.get(pubkey)
-        existed = history is not None and bool(history.blocks or history.targets)
-        floors_before = _floors_of(history) if existed and history is not None else None
-        if history is None:
-            # A new key takes the staged history itself: what absorbing it into an empty history gives (see
-            # ValidatorHistory.absorb), without building one. Its status is IMPORTED whatever follows.
-            self._validators[pubkey] = history = imported
-            outcome = MergeOutcome.ADDED
-            before = None
-        elif history.applied_sequence >= commit_sequence:
+        if history is not None and history.applied_sequence >= commit_sequence:
             return ImportStatus.UNCHANGED, ""  # replay over a checkpoint that already holds this import
-        else:
-            before = history.fingerprint() if minimal else None
-            outcome = history.absorb(imported)
-        changed = outcome is not MergeOutcome.UNCHANGED
-        if minimal:
-            history.minify()
-            # Minifying can change a history that every imported record already matched.
-            changed = before is None or history.fingerprint() != before
-        if self._window is not None:
-            # Exactly to the window, without the decisions' slack: the staging pruned the document the same way,
-            # and together they give what pruning the whole document once would (see StagedHistory).
-            history.prune(self._window, slack_epochs=0)
+        history, status, raised = merge_imported(history, imported, minimal, self._window)
+        self._validators[pubkey] = history
         history.applied_sequence = max(history.applied_sequence, commit_sequence, record_sequence)
-        raised = _raised_floors_text(floors_before, _floors_of(history)) if floors_before is not None else ""
-        if outcome is MergeOutcome.CONFLICT:
-            return ImportStatus.IMPORTED_SLASHABLE_DATA, raised
-        if not changed:
-            return (ImportStatus.UNCHANGED if existed else ImportStatus.IMPORTED), raised
-        return (ImportStatus.MERGED if existed else ImportStatus.IMPORTED), raised
+        return status, raised
 
     def _staged_v01_import(self, record: codec.ImportValidatorRecord) -> codec.ImportedValidator:
         """A v0.1 import record (type 4: every record of the document, no floors) as the history the live path
@@ -657,12 +639,7 @@ class Store:
                     status, raised = self._apply_import_locked(
                         pubkey, minimal, stage.history, last, record_sequence
                     )
-                    if stage.reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
-                        status = ImportStatus.MINIFIED
-                    elif stage.slashable and status is ImportStatus.IMPORTED:
-                        # Merging into an empty history does not look for conflicts among the records; staging did.
-                        status = ImportStatus.IMPORTED_SLASHABLE_DATA
-                    _count_import(result, pubkey, status, raised)
+                    count_import(result, pubkey, staged_status(stage, status), raised)
         result.sequence = last
         self.log.wait_durable(last)
         return result
@@ -697,25 +674,7 @@ class Store:
             chunk = []
             with self._lock:
                 for pubkey in pubkeys[start : start + SNAPSHOT_CHUNK]:
-                    history = self._validators[pubkey]
-                    blocks = history.export_blocks()
-                    attestations, minified = history.export_attestations()
-                    if minified:
-                        log.warning(
-                            "export of 0x%s: attestations minified to carry the lower bounds raised by pruning "
-                            "or repair",
-                            pubkey.hex(),
-                        )
-                    chunk.append(
-                        ValidatorRecords(
-                            pubkey,
-                            tuple(SignedBlock(slot, root) for slot, root in blocks),
-                            tuple(
-                                SignedAttestation(a.source_epoch, a.target_epoch, a.signing_root)
-                                for a in attestations
-                            ),
-                        )
-                    )
+                    chunk.append(interchange_records(pubkey, self._validators[pubkey]))
             yield from chunk
 
     # ---------------------------------------------------------------- operators
@@ -726,26 +685,12 @@ class Store:
             history = self._validators.get(pubkey)
             if history is None:
                 return None
-            return ValidatorSummary(
-                pubkey=pubkey,
-                block_count=len(history.blocks),
-                attestation_count=history.attestation_count,
-                lowest_slot=history.lowest_slot,
-                highest_slot=history.highest_slot,
-                lowest_source_epoch=history.lowest_source_epoch,
-                highest_source_epoch=history.highest_source_epoch,
-                lowest_target_epoch=history.targets[0] if history.targets else None,
-                highest_target_epoch=history.targets[-1] if history.targets else None,
-                slot_floor=None if history.slot_floor == SLOT_FLOOR_NONE else history.slot_floor,
-                source_epoch_floor=(
-                    None if history.source_epoch_floor == SOURCE_FLOOR_NONE else history.source_epoch_floor
-                ),
-                target_epoch_floor=(
-                    None if history.target_epoch_floor == EPOCH_FLOOR_NONE else history.target_epoch_floor
-                ),
-                allowed_decisions=history.allowed_count,
-                refused_decisions=history.refused_count,
-                last_decision=decode_decision(history.last_decision_sequence, history.last_decision),
+            return summarize(
+                pubkey,
+                history,
+                history.allowed_count,
+                history.refused_count,
+                decode_decision(history.last_decision_sequence, history.last_decision),
             )
 
     def decisions(self, pubkey: bytes | None = None, since_sequence: int = 0) -> Iterator[DecisionRecord]:
@@ -848,6 +793,87 @@ def _apply_attestation(
         history.refused_count += 1
 
 
+# ---------------------------------------------------------------- shared with every backend (one source of truth)
+
+
+def merge_imported(
+    history: ValidatorHistory | None, imported: ValidatorHistory, minimal: bool, window: int | None
+) -> tuple[ValidatorHistory, ImportStatus, str]:
+    """Merges one key's staged import (StagedHistory.finish, or its log record) into its history (None: the key
+    is new) exactly as every backend must: records absorbed, floors raised to the document's minima (EIP-3076's
+    conditions apply per imported file), minified in the minimal strategy, pruned to exactly the window. Returns
+    the resulting history (`imported` itself for a new key: what absorbing it into an empty one gives), the key's
+    status and, for a key that had history, the floors the import raised as a sentence ("" when none rose)."""
+    existed = history is not None and bool(history.blocks or history.targets)
+    floors_before = _floors_of(history) if existed and history is not None else None
+    before: tuple[object, ...] | None
+    if history is None:
+        history = imported
+        outcome = MergeOutcome.ADDED
+        before = None
+    else:
+        before = history.fingerprint() if minimal else None
+        outcome = history.absorb(imported)
+    changed = outcome is not MergeOutcome.UNCHANGED
+    if minimal:
+        history.minify()
+        # Minifying can change a history that every imported record already matched.
+        changed = before is None or history.fingerprint() != before
+    if window is not None:
+        # Exactly to the window, without the decisions' slack: the staging pruned the document the same way, and
+        # together they give what pruning the whole document once would (see StagedHistory).
+        history.prune(window, slack_epochs=0)
+    raised = _raised_floors_text(floors_before, _floors_of(history)) if floors_before is not None else ""
+    if outcome is MergeOutcome.CONFLICT:
+        return history, ImportStatus.IMPORTED_SLASHABLE_DATA, raised
+    if not changed:
+        return history, (ImportStatus.UNCHANGED if existed else ImportStatus.IMPORTED), raised
+    return history, (ImportStatus.MERGED if existed else ImportStatus.IMPORTED), raised
+
+
+def interchange_records(pubkey: bytes, history: ValidatorHistory) -> ValidatorRecords:
+    """One key's EIP-3076 entry, floors carried as records (see ValidatorHistory.export_*)."""
+    blocks = history.export_blocks()
+    attestations, minified = history.export_attestations()
+    if minified:
+        log.warning(
+            "export of 0x%s: attestations minified to carry the lower bounds raised by pruning or repair",
+            pubkey.hex(),
+        )
+    return ValidatorRecords(
+        pubkey,
+        tuple(SignedBlock(slot, root) for slot, root in blocks),
+        tuple(SignedAttestation(a.source_epoch, a.target_epoch, a.signing_root) for a in attestations),
+    )
+
+
+def summarize(
+    pubkey: bytes,
+    history: ValidatorHistory,
+    allowed_decisions: int,
+    refused_decisions: int,
+    last_decision: DecisionRecord | None,
+) -> ValidatorSummary:
+    """GetValidatorSummary's value for one key's history and decision counts."""
+    return ValidatorSummary(
+        pubkey=pubkey,
+        block_count=len(history.blocks),
+        attestation_count=history.attestation_count,
+        lowest_slot=history.lowest_slot,
+        highest_slot=history.highest_slot,
+        lowest_source_epoch=history.lowest_source_epoch,
+        highest_source_epoch=history.highest_source_epoch,
+        lowest_target_epoch=history.targets[0] if history.targets else None,
+        highest_target_epoch=history.targets[-1] if history.targets else None,
+        slot_floor=None if history.slot_floor == SLOT_FLOOR_NONE else history.slot_floor,
+        source_epoch_floor=None if history.source_epoch_floor == SOURCE_FLOOR_NONE else history.source_epoch_floor,
+        target_epoch_floor=None if history.target_epoch_floor == EPOCH_FLOOR_NONE else history.target_epoch_floor,
+        allowed_decisions=allowed_decisions,
+        refused_decisions=refused_decisions,
+        last_decision=last_decision,
+    )
+
+
 @contextlib.contextmanager
 def bulk_loading() -> Iterator[None]:
     """Spaces out the cyclic garbage collector's passes while a large state is built (recovery, an import): each
@@ -926,7 +952,7 @@ def _check_import_root(document_root: bytes, expected_root: bytes, whose: str) -
         )
 
 
-def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus, raised_floors: str = "") -> None:
+def count_import(result: ImportResult, pubkey: bytes, status: ImportStatus, raised_floors: str = "") -> None:
     result.status_counts[status] = result.status_counts.get(status, 0) + 1
     if status is ImportStatus.IMPORTED:
         result.imported += 1
@@ -938,6 +964,16 @@ def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus, rai
     result.results.append(
         ValidatorImportOutcome(pubkey, status, f"{message}; {raised_floors}" if raised_floors else message)
     )
+
+
+def staged_status(stage: StagedHistory, status: ImportStatus) -> ImportStatus:
+    """A key's import status once what its staging saw is known: minified, or slashable within the document."""
+    if stage.reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
+        return ImportStatus.MINIFIED
+    if stage.slashable and status is ImportStatus.IMPORTED:
+        # Merging into an empty history does not look for conflicts among the records; staging did.
+        return ImportStatus.IMPORTED_SLASHABLE_DATA
+    return status
 
 
 _IMPORT_MESSAGES = {
