@@ -26,14 +26,14 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
-    """The name of a fresh, empty database on the session's server, dropped after the test."""
-    name = postgres_server.create_database()
+    """The name of a fresh, empty database on the session's server, emptied after the test for the next."""
+    name = postgres_server.acquire_database()
     try:
         yield name
     finally:
         if not postgres_server.running:
             postgres_server.start()
-        postgres_server.drop_database(name)
+        postgres_server.release_database(name)
 
 
 @pytest.fixture
