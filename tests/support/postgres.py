@@ -197,7 +197,9 @@ class PostgresServer:
         return self._free.pop() if self._free else self.create_database()
 
     def release_database(self, name: str) -> None:
-        """Empties a database from `acquire_database` (its sessions ended, its schema dropped) for reuse."""
+        """Empties a database from `acquire_database` (its settings reset, its sessions ended, its schema
+        dropped) for reuse."""
+        self.sql(f'ALTER DATABASE "{name}" RESET ALL')
         self.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
