@@ -7,7 +7,8 @@ durable and how concurrent deciders are kept apart:
 
 * `sidecar.local` (the default): one data directory, one process; decisions under one in-process lock, made
   durable by a group-committed, fsynced append-only log.
-* a shared database (later, one more package beside `sidecar.local`): several replicas, the database arbitrates.
+* `sidecar.postgres`: one PostgreSQL database shared by several replicas; the database arbitrates (row locks)
+  and a decision is durable once committed.
 
 The contract every backend keeps (the servicers rely on it and on nothing else):
 
@@ -45,6 +46,7 @@ __all__ = [
     "AttestationRequest",
     "Backend",
     "CheckpointInfo",
+    "DatabaseLocation",
     "ImportResult",
     "ImportStatus",
     "Registration",
@@ -238,11 +240,27 @@ class Backend(Protocol):
         ...
 
 
-async def open_backend(data_dir: Path, genesis_validators_root: bytes | None, options: StoreOptions) -> Backend:
+@dataclass(frozen=True, slots=True)
+class DatabaseLocation:
+    """A shared PostgreSQL database (`--database-url`), as opposed to a data directory (a `Path`)."""
+
+    url: str
+    allow_unsafe_database: bool = False
+
+
+async def open_backend(
+    location: Path | DatabaseLocation, genesis_validators_root: bytes | None, options: StoreOptions
+) -> Backend:
     """Opens (and recovers) the protection database the configuration names, ready to decide, for use on the
-    running event loop. Today that is the local data directory. The one place a backend is chosen: the server
-    and the CLI call it. `genesis_validators_root` is needed to create a database, and must match an existing
-    one's when given."""
+    running event loop: a data directory (a `Path`) or a shared database (`DatabaseLocation`). The one place a
+    backend is chosen: the server and the CLI call it. `genesis_validators_root` is needed to create a database,
+    and must match an existing one's when given."""
+    if isinstance(location, DatabaseLocation):
+        from sidecar.postgres import PostgresBackend
+
+        return await PostgresBackend.open(
+            location.url, genesis_validators_root, options, location.allow_unsafe_database
+        )
     from sidecar.local import LocalBackend
 
-    return await LocalBackend.open(data_dir, genesis_validators_root, options)
+    return await LocalBackend.open(location, genesis_validators_root, options)

@@ -94,6 +94,7 @@ def _target_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     _option(group, "--data-dir", type=Path, help="work offline on this data directory (refused while served)")
     _option(group, "--server", help="HOST:PORT of a running sidecar")
+    _option(group, "--database-url", help="a shared PostgreSQL database (safe while replicas serve from it)")
     _tls_client_options(parser)
 
 
@@ -109,7 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the gRPC service")
-    _option(serve, "--data-dir", type=Path, required=True, help="data directory (created on first start)")
+    _option(serve, "--data-dir", type=Path, help="data directory (created on first start)")
+    _option(
+        serve,
+        "--database-url",
+        help="serve from a shared PostgreSQL database instead: postgresql://USER[:PASSWORD]@HOST:PORT/DBNAME "
+        "(libpq multi-host URLs too; the schema is created on first start)",
+    )
+    _option(
+        serve,
+        "--allow-unsafe-database",
+        action="store_true",
+        help="serve even from a database that can lose a commit (fsync or synchronous_commit off)",
+    )
     _root_options(serve)
     _option(serve, "--listen", default="127.0.0.1:50051", help="gRPC HOST:PORT (default 127.0.0.1:50051)")
     _option(serve, "--strategy", choices=["complete", "minimal"], default="complete", help="import strategy")
@@ -234,8 +247,25 @@ def _pubkey(text: str) -> bytes:
 
 
 def _require_target(args: argparse.Namespace) -> None:
-    if not args.data_dir and not args.server:
-        raise ConfigurationError(f"{args.command}: give --data-dir DIR or --server HOST:PORT")
+    if not args.data_dir and not args.server and not args.database_url:
+        raise ConfigurationError(f"{args.command}: give --data-dir DIR, --server HOST:PORT or --database-url URL")
+
+
+def _on_database(
+    args: argparse.Namespace, root: bytes | None, work: Callable[[Any], Any], options: Any = None
+) -> Any:
+    """Runs `work(backend)` (a coroutine function) on the shared database of --database-url, then closes it."""
+    from sidecar.backend import DatabaseLocation, open_backend
+    from sidecar.store import StoreOptions
+
+    async def body() -> Any:
+        backend = await open_backend(DatabaseLocation(args.database_url), root, options or StoreOptions())
+        try:
+            return await work(backend)
+        finally:
+            await backend.close()
+
+    return asyncio.run(body())
 
 
 def _client(args: argparse.Namespace) -> SidecarClient:
@@ -400,8 +430,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigurationError("--log-segment-bytes must be at least 4096")
     if store.checkpoint_keep < 1:
         raise ConfigurationError("--checkpoint-keep must be at least 1")
+    if bool(args.data_dir) == bool(args.database_url):
+        raise ConfigurationError("serve: give either --data-dir or --database-url (exactly one)")
     config = ServeConfig(
-        data_dir=args.data_dir,
+        data_dir=args.data_dir and Path(args.data_dir),
+        database_url=args.database_url,
+        allow_unsafe_database=bool(args.allow_unsafe_database),
         genesis_validators_root=_root_from(args),
         listen=args.listen,
         checkpoint_interval=float(args.checkpoint_interval),
@@ -441,10 +475,17 @@ def cmd_import(args: argparse.Namespace) -> int:
         return _print_import_result(report, sys.stdout)
     from sidecar.store import IDENTITY_FILE, StoreOptions, bulk_loading, stage_import
 
-    data_dir = Path(args.data_dir)
     root = _root_from(args)
     options = StoreOptions(strategy=_strategy(args.strategy))
     progress = _Progress(f"importing {path}")
+    if args.database_url:
+        with _open_input(path) as source:
+            result = _on_database(
+                args, root, lambda backend: backend.import_interchange(source, progress), options
+            )
+        progress.done()
+        return _print_import_result(result, sys.stdout)
+    data_dir = Path(args.data_dir)
     with _open_input(path) as source:
         if (data_dir / IDENTITY_FILE).is_file():
             with _offline_store(data_dir, root, options) as store:
@@ -511,6 +552,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         with _client(args) as client, _open_output(args.file) as out:
             client.export_interchange(out, pubkeys or ())
         count = len(pubkeys) if pubkeys else -1
+    elif args.database_url:
+        progress = _Progress(f"exporting to {args.file}")
+        with _open_output(args.file) as out:
+            count = _on_database(args, None, lambda backend: backend.export_interchange(out, pubkeys, progress))
+        progress.done()
     else:
         progress = _Progress(f"exporting to {args.file}")
         with _offline_store(Path(args.data_dir), None, writes=False) as store, _open_output(args.file) as out:
@@ -566,6 +612,12 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.server:
         records: Iterator[dict[str, object]] = _decisions_from_server(args, pubkey, since)
+    elif args.database_url:
+
+        async def collect(backend: Any) -> list[dict[str, object]]:
+            return [record.to_json() async for record in backend.decisions(pubkey, since)]
+
+        records = iter(_on_database(args, None, collect))
     else:
         from sidecar.audit import read_decisions
         from sidecar.storage import FileOps
@@ -583,6 +635,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     pubkey = _pubkey(args.pubkey)
     if args.server:
         document = _summary_from_server(args, pubkey)
+    elif args.database_url:
+        document = _summary_json(pubkey, _on_database(args, None, lambda backend: backend.summary(pubkey)))
     else:
         with _offline_store(Path(args.data_dir), None, writes=False) as store:
             summary = store.summary(pubkey)
@@ -609,6 +663,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.server:
         with _client(args) as client:
             registration = client.register(pubkeys)
+        registered, already = registration.registered, registration.already_registered
+    elif args.database_url:
+        registration = _on_database(args, _root_from(args), lambda backend: backend.register_validators(pubkeys))
         registered, already = registration.registered, registration.already_registered
     else:
         root = _root_from(args)

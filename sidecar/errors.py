@@ -11,6 +11,10 @@ and a non-zero exit.
     │   ├── CheckpointError         no usable checkpoint, or one could not be written
     │   └── DataDirLockedError      another process holds the data directory
     ├── DataDirError                the directory is not ours, or is damaged outside log and checkpoints
+    ├── DatabaseError               (sidecar.postgres) the shared database cannot be served from: a schema newer
+    │   │                           than the code, not created yet, no root given to create it
+    │   └── UnsafeDatabaseError     the database can lose a commit (fsync or synchronous_commit off): refused
+    │                               unless --allow-unsafe-database
     ├── GenesisRootMismatchError    another chain's genesis validators root        -> FAILED_PRECONDITION
     ├── InvalidRequestError         malformed request                               -> INVALID_ARGUMENT
     ├── ImportRefusedError          interchange document refused whole; nothing changed -> INVALID_ARGUMENT
@@ -26,12 +30,14 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
     "DataDirError",
+    "DatabaseError",
     "GenesisRootMismatchError",
     "ImportRefusedError",
     "InvalidRequestError",
     "NotReadyError",
     "SidecarError",
     "UnknownValidatorError",
+    "UnsafeDatabaseError",
 ]
 
 
@@ -44,6 +50,14 @@ class ConfigurationError(SidecarError):
 
 
 class DataDirError(SidecarError):
+    pass
+
+
+class DatabaseError(SidecarError):
+    pass
+
+
+class UnsafeDatabaseError(DatabaseError):
     pass
 
 

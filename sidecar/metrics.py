@@ -157,10 +157,13 @@ class Metrics:
         ProcessCollector(registry=r)  # process_start_time_seconds, memory, CPU, open files
         self.log_healthy.set(0)
 
-    def bind_server(self, data_dir: Path, checkpoint_interval: float, serving: Callable[[], bool]) -> None:
-        """What the server knows before recovery: its configuration and its health status."""
+    def bind_server(self, data_dir: Path | None, checkpoint_interval: float, serving: Callable[[], bool]) -> None:
+        """What the server knows before recovery: its configuration and its health status (no data directory
+        gauges for a shared database)."""
         self.checkpoint_interval_seconds.set(checkpoint_interval)
         self.serving.set_function(lambda: 1.0 if serving() else 0.0)
+        if data_dir is None:
+            return
         self.data_dir_free_bytes.set_function(lambda: _filesystem_bytes(data_dir, free=True))
         self.data_dir_size_bytes.set_function(lambda: _filesystem_bytes(data_dir, free=False))
 

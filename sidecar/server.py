@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar import __version__
 from sidecar.authz import AccessPolicy, AuthorizationInterceptor
-from sidecar.backend import CheckpointInfo, open_backend
+from sidecar.backend import CheckpointInfo, DatabaseLocation, open_backend
 from sidecar.errors import ConfigurationError
 from sidecar.metrics import Metrics
 from sidecar.metrics_http import MetricsHttpServer
@@ -60,7 +60,8 @@ SHUTDOWN_NOTICE_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class ServeConfig:
-    data_dir: Path
+    # Where the protection database is: a data directory, or a shared PostgreSQL database (exactly one).
+    data_dir: Path | None = None
     genesis_validators_root: bytes | None = None
     listen: str = "127.0.0.1:50051"
     checkpoint_interval: float = 300.0
@@ -76,6 +77,24 @@ class ServeConfig:
     insecure_listen: bool = False
     max_concurrent_rpcs: int | None = None
     shutdown_grace: float = 20.0
+    database_url: str | None = None
+    allow_unsafe_database: bool = False
+
+    @property
+    def location(self) -> Path | DatabaseLocation:
+        if (self.data_dir is None) == (self.database_url is None):
+            raise ConfigurationError("give either --data-dir or --database-url (exactly one)")
+        if self.database_url is not None:
+            return DatabaseLocation(self.database_url, self.allow_unsafe_database)
+        assert self.data_dir is not None
+        return self.data_dir
+
+    def describe_location(self) -> str:
+        if self.database_url is not None:
+            from sidecar.postgres import describe_url
+
+            return describe_url(self.database_url)
+        return f"data directory {self.data_dir}"
 
 
 def _is_loopback(listen: str) -> bool:
@@ -120,6 +139,7 @@ class SidecarServer:
 
     def __init__(self, config: ServeConfig) -> None:
         check_listen_security(config)
+        config.location  # noqa: B018 (raises ConfigurationError unless exactly one is given)
         self.config = config
         self.metrics = Metrics()
         self.holder = BackendHolder()
@@ -207,7 +227,7 @@ class SidecarServer:
             on_health_change=lambda healthy: self._call_soon(loop, healthy),
             on_fsync=self.metrics.observe_fsync,
         )
-        backend = await open_backend(config.data_dir, config.genesis_validators_root, options)
+        backend = await open_backend(config.location, config.genesis_validators_root, options)
         self.holder.backend = backend
         self.holder.accepting = True
         startup = backend.startup
@@ -219,10 +239,10 @@ class SidecarServer:
         self.metrics.log_healthy.set(1)
         await self._set_serving(True)
         log.info(
-            "ready: version %s, data directory %s, genesis validators root 0x%s, strategy %s, %d validators "
+            "ready: version %s, %s, genesis validators root 0x%s, strategy %s, %d validators "
             "loaded, checkpoint at sequence %d, %d log records replayed%s, recovery took %.3f s",
             __version__,
-            config.data_dir,
+            config.describe_location(),
             backend.genesis_validators_root.hex(),
             config.store.strategy.value,
             startup.validators,
@@ -233,7 +253,7 @@ class SidecarServer:
             extra={
                 "genesis_validators_root": "0x" + backend.genesis_validators_root.hex(),
                 "version": __version__,
-                "data_dir": str(config.data_dir),
+                "data_dir": str(config.data_dir) if config.data_dir is not None else None,
                 "validators": startup.validators,
                 "recovery_seconds": round(startup.seconds, 6),
                 "strategy": config.store.strategy.value,

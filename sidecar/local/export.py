@@ -13,9 +13,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from interchange import SignedAttestation, SignedBlock, ValidatorRecords, write_interchange
+from interchange import ValidatorRecords, write_interchange
 from sidecar.errors import UnknownValidatorError
 from sidecar.history import ValidatorHistory
+from sidecar.import_merge import interchange_records
 from sidecar.local.checkpoints import SNAPSHOT_CHUNK
 
 __all__ = ["export_interchange"]
@@ -59,22 +60,5 @@ def _records(
         chunk = []
         with lock:
             for pubkey in pubkeys[start : start + SNAPSHOT_CHUNK]:
-                history = validators[pubkey]
-                blocks = history.export_blocks()
-                attestations, minified = history.export_attestations()
-                if minified:
-                    log.warning(
-                        "export of 0x%s: attestations minified to carry the lower bounds raised by pruning "
-                        "or repair",
-                        pubkey.hex(),
-                    )
-                chunk.append(
-                    ValidatorRecords(
-                        pubkey,
-                        tuple(SignedBlock(slot, root) for slot, root in blocks),
-                        tuple(
-                            SignedAttestation(a.source_epoch, a.target_epoch, a.signing_root) for a in attestations
-                        ),
-                    )
-                )
+                chunk.append(interchange_records(pubkey, validators[pubkey]))
         yield from chunk

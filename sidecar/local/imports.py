@@ -19,12 +19,13 @@ from typing import BinaryIO, NamedTuple
 
 from interchange import InterchangeError, Metadata
 from sidecar import records as codec
-from sidecar.backend import ImportResult, ImportStatus, Strategy, ValidatorImportOutcome
+from sidecar.backend import ImportResult, Strategy
 from sidecar.errors import GenesisRootMismatchError, ImportRefusedError
 from sidecar.history import StagedHistory
+from sidecar.import_merge import count_import, staged_status
 from sidecar.import_staging import stage_interchange
 from sidecar.local.options import StoreOptions
-from sidecar.local.state import Floors, ValidatorStates
+from sidecar.local.state import ValidatorStates
 from sidecar.storage import DecisionLog
 
 __all__ = [
@@ -122,51 +123,8 @@ def write_and_apply_locked(
         for record_sequence in record_sequences:
             # Popped as applied, so a staged history is freed once merged rather than at the end.
             pubkey, stage = staged.popleft()
-            status, floors = state.apply_import_locked(pubkey, minimal, stage.history, last, record_sequence)
-            if stage.reduced and status in (ImportStatus.IMPORTED, ImportStatus.MERGED):
-                status = ImportStatus.MINIFIED
-            elif stage.slashable and status is ImportStatus.IMPORTED:
-                # Merging into an empty history does not look for conflicts among the records; staging did.
-                status = ImportStatus.IMPORTED_SLASHABLE_DATA
-            _count_import(result, pubkey, status, _raised_floors_text(*floors) if floors is not None else "")
+            status, raised = state.apply_import_locked(pubkey, minimal, stage.history, last, record_sequence)
+            count_import(result, pubkey, staged_status(stage, status), raised)
     result.sequence = last
     log.wait_durable(last)
     return result
-
-
-def _count_import(result: ImportResult, pubkey: bytes, status: ImportStatus, raised_floors: str = "") -> None:
-    result.status_counts[status] = result.status_counts.get(status, 0) + 1
-    if status is ImportStatus.IMPORTED:
-        result.imported += 1
-        return
-    if len(result.results) >= MAX_LISTED_IMPORT_RESULTS:
-        result.results_omitted += 1
-        return
-    message = _IMPORT_MESSAGES[status]
-    result.results.append(
-        ValidatorImportOutcome(pubkey, status, f"{message}; {raised_floors}" if raised_floors else message)
-    )
-
-
-_IMPORT_MESSAGES = {
-    ImportStatus.MERGED: "merged with the history already recorded",
-    ImportStatus.MINIFIED: "minimal strategy: kept the highest block and attestation only",
-    ImportStatus.UNCHANGED: "every record was already known; nothing changed",
-    ImportStatus.IMPORTED_SLASHABLE_DATA: (
-        "the file holds slashable data (a double proposal, a double or surround vote, or a source above its "
-        "target, within the file or against the recorded history); kept as it is, which only refuses more"
-    ),
-}
-
-_BOUND_NAMES = ("slot", "source epoch", "target epoch")
-
-
-def _raised_floors_text(before: Floors, after: Floors) -> str:
-    """The lower bounds an import raised, as the operator reads them: "raised the lower bounds: slot 6739 (was
-    5701), ..." (a block needs a slot above it, an attestation a source at or above it and a target above it)."""
-    raised = [
-        f"{name} {new}" + ("" if old is None else f" (was {old})")
-        for name, old, new in zip(_BOUND_NAMES, before, after, strict=True)
-        if new != old
-    ]
-    return "raised the lower bounds: " + ", ".join(raised) if raised else ""

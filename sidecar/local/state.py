@@ -18,13 +18,11 @@ from sidecar import records as codec
 from sidecar.audit import decode_decision
 from sidecar.backend import ImportStatus, ValidatorSummary
 from sidecar.history import (
-    EPOCH_FLOOR_NONE,
-    SLOT_FLOOR_NONE,
-    SOURCE_FLOOR_NONE,
-    MergeOutcome,
     StagedHistory,
     ValidatorHistory,
 )
+from sidecar.import_merge import merge_imported
+from sidecar.import_merge import summarize as shared_summarize
 from sidecar.rules import Reason
 
 __all__ = [
@@ -132,42 +130,19 @@ class ValidatorStates:
         imported: ValidatorHistory,
         commit_sequence: int,
         record_sequence: int,
-    ) -> tuple[ImportStatus, tuple[Floors, Floors] | None]:
+    ) -> tuple[ImportStatus, str]:
         """Applies one validator of an import: live right after its records are appended, and at replay of its
         commit, identically. `imported` is the staged history (StagedHistory.finish, or its log record), whose
         floors include the document's minima (EIP-3076 conditions apply per imported file): merging raises this
         key's floors to them whatever history it already had. Returns the key's status and, for a key that had
-        history, its floors before and after (see `sidecar.local.imports` for how they read)."""
+        history, the bounds it raised as a sentence (see `sidecar.import_merge`)."""
         history = self.validators.get(pubkey)
-        existed = history is not None and bool(history.blocks or history.targets)
-        floors_before = history.lower_bounds() if existed and history is not None else None
-        if history is None:
-            # A new key takes the staged history itself: what absorbing it into an empty history gives (see
-            # ValidatorHistory.absorb), without building one. Its status is IMPORTED whatever follows.
-            self.validators[pubkey] = history = imported
-            outcome = MergeOutcome.ADDED
-            before = None
-        elif history.applied_sequence >= commit_sequence:
-            return ImportStatus.UNCHANGED, None  # replay over a checkpoint that already holds this import
-        else:
-            before = history.fingerprint() if minimal else None
-            outcome = history.absorb(imported)
-        changed = outcome is not MergeOutcome.UNCHANGED
-        if minimal:
-            history.minify()
-            # Minifying can change a history that every imported record already matched.
-            changed = before is None or history.fingerprint() != before
-        if self.window is not None:
-            # Exactly to the window, without the decisions' slack: the staging pruned the document the same way,
-            # and together they give what pruning the whole document once would (see StagedHistory).
-            history.prune(self.window, slack_epochs=0)
+        if history is not None and history.applied_sequence >= commit_sequence:
+            return ImportStatus.UNCHANGED, ""  # replay over a checkpoint that already holds this import
+        history, status, raised = merge_imported(history, imported, minimal, self.window)
+        self.validators[pubkey] = history
         history.applied_sequence = max(history.applied_sequence, commit_sequence, record_sequence)
-        floors = (floors_before, history.lower_bounds()) if floors_before is not None else None
-        if outcome is MergeOutcome.CONFLICT:
-            return ImportStatus.IMPORTED_SLASHABLE_DATA, floors
-        if not changed:
-            return (ImportStatus.UNCHANGED if existed else ImportStatus.IMPORTED), floors
-        return (ImportStatus.MERGED if existed else ImportStatus.IMPORTED), floors
+        return status, raised
 
     def staged_v01_import(self, record: codec.ImportValidatorRecord) -> codec.ImportedValidator:
         """A v0.1 import record (type 4: every record of the document, no floors) as the history the live path
@@ -181,24 +156,5 @@ class ValidatorStates:
 
 def summarize(pubkey: bytes, history: ValidatorHistory) -> ValidatorSummary:
     """Counts and bounds of one key, as an operator reads them (copy under the lock)."""
-    return ValidatorSummary(
-        pubkey=pubkey,
-        block_count=len(history.blocks),
-        attestation_count=history.attestation_count,
-        lowest_slot=history.lowest_slot,
-        highest_slot=history.highest_slot,
-        lowest_source_epoch=history.lowest_source_epoch,
-        highest_source_epoch=history.highest_source_epoch,
-        lowest_target_epoch=history.targets[0] if history.targets else None,
-        highest_target_epoch=history.targets[-1] if history.targets else None,
-        slot_floor=None if history.slot_floor == SLOT_FLOOR_NONE else history.slot_floor,
-        source_epoch_floor=(
-            None if history.source_epoch_floor == SOURCE_FLOOR_NONE else history.source_epoch_floor
-        ),
-        target_epoch_floor=(
-            None if history.target_epoch_floor == EPOCH_FLOOR_NONE else history.target_epoch_floor
-        ),
-        allowed_decisions=history.allowed_count,
-        refused_decisions=history.refused_count,
-        last_decision=decode_decision(history.last_decision_sequence, history.last_decision),
-    )
+    last_decision = decode_decision(history.last_decision_sequence, history.last_decision)
+    return shared_summarize(pubkey, history, history.allowed_count, history.refused_count, last_decision)

@@ -1,6 +1,7 @@
 """The seam's contract (`sidecar.backend.Backend`), driven directly, without gRPC: what every backend must do
-for the servicers to be right. Run against the local backend on a real data directory; written against the
-Protocol only (plus one fault injected below it), so that the next backend runs the same tests.
+for the servicers to be right. Every test runs against each backend: the local one on a real data directory and
+the PostgreSQL one on a fresh database of a real private server (`tests.support.postgres`). Written against the
+Protocol only, plus one look below it (how far the backend is durable) and one local fault injected below it.
 
 * an ALLOWED decision is durable when the coroutine returns, and refusals and repeats are decided by the rules;
 * a batch is decided in order and durable as a whole;
@@ -19,11 +20,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 
-from sidecar.backend import AttestationRequest, Backend, ImportStatus, open_backend
+from sidecar.backend import AttestationRequest, Backend, DatabaseLocation, ImportStatus, open_backend
 from sidecar.errors import BackendUnavailableError, UnknownValidatorError
 from sidecar.local import LocalBackend
+from sidecar.postgres import PostgresBackend
 from sidecar.rules import Reason
 from sidecar.store import StoreOptions
 from tests.storage.fakes import FaultyFileOps
@@ -37,9 +40,20 @@ def key(number: int) -> bytes:
     return bytes([0xA5]) + number.to_bytes(47, "big")
 
 
-def run(test: Callable[[Backend], Awaitable[T]], path: Path, options: StoreOptions | None = None) -> T:
+Location = Path | DatabaseLocation
+
+
+@pytest.fixture(params=["local", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    """Where the backend under test keeps its database: a data directory, or a fresh PostgreSQL database."""
+    if request.param == "local":
+        return tmp_path / "d"
+    return DatabaseLocation(request.getfixturevalue("postgres_url"))
+
+
+def run(test: Callable[[Backend], Awaitable[T]], location: Location, options: StoreOptions | None = None) -> T:
     async def body() -> T:
-        backend = await open_backend(path, GENESIS, options or StoreOptions())
+        backend = await open_backend(location, GENESIS, options or StoreOptions())
         try:
             return await test(backend)
         finally:
@@ -49,12 +63,20 @@ def run(test: Callable[[Backend], Awaitable[T]], path: Path, options: StoreOptio
 
 
 def durable_through(backend: Backend) -> int:
-    """How far the local backend's log is on disk (the one look below the seam: the contract's durability)."""
-    assert isinstance(backend, LocalBackend)
-    return backend.store.log.durable_sequence
+    """How far the backend is durable (the one look below the seam: the contract's durability). Local: the log's
+    fsynced sequence. PostgreSQL: the newest sequence another session sees, i.e. committed."""
+    if isinstance(backend, LocalBackend):
+        return backend.store.log.durable_sequence
+    assert isinstance(backend, PostgresBackend)
+    with psycopg.connect(backend.url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT greatest((SELECT max(sequence) FROM decisions), "
+            "(SELECT max(registered_sequence) FROM validators))"
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
-def test_allowed_decisions_are_durable_when_returned(tmp_path: Path) -> None:
+def test_allowed_decisions_are_durable_when_returned(location: Location) -> None:
     async def scenario(backend: Backend) -> None:
         registration = await backend.register_validators([key(1), key(2), key(1)])
         assert (registration.registered, registration.already_registered) == (2, 0)
@@ -69,10 +91,10 @@ def test_allowed_decisions_are_durable_when_returned(tmp_path: Path) -> None:
         assert (await backend.check_and_record_attestation(key(1), 1, 2, B))[0].reason is Reason.DOUBLE_VOTE
         assert (await backend.check_and_record_block(key(9), 1, A))[0].reason is Reason.VALIDATOR_NOT_REGISTERED
 
-    run(scenario, tmp_path / "d")
+    run(scenario, location)
 
 
-def test_a_batch_is_decided_in_order_and_durable_as_a_whole(tmp_path: Path) -> None:
+def test_a_batch_is_decided_in_order_and_durable_as_a_whole(location: Location) -> None:
     async def scenario(backend: Backend) -> None:
         await backend.register_validators([key(1), key(2)])
         await backend.check_and_record_attestation(key(2), 3, 4, A)
@@ -92,10 +114,12 @@ def test_a_batch_is_decided_in_order_and_durable_as_a_whole(tmp_path: Path) -> N
         assert sequences == sorted(sequences) and len(set(sequences)) == 3
         assert durable_through(backend) >= sequences[-1]  # refusals too: a batch waits for one commit
 
-    run(scenario, tmp_path / "d")
+    run(scenario, location)
 
 
-def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothing(tmp_path: Path) -> None:
+def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothing(location: Location) -> None:
+    if not isinstance(location, Path):
+        pytest.skip("a disk fault below the local log; PostgreSQL's outages are in tests/postgres")
     fileops = FaultyFileOps()
 
     async def scenario(backend: Backend) -> None:
@@ -116,17 +140,17 @@ def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothin
                 await asyncio.sleep(0.05)
         assert decision.allowed
 
-    run(scenario, tmp_path / "d", StoreOptions(fileops=fileops))
+    run(scenario, location, StoreOptions(fileops=fileops))
 
     async def after(backend: Backend) -> None:
         # What was acknowledged survived; the failed calls were never answered, so nothing conflicts with them.
         assert (await backend.check_and_record_block(key(1), 10, A))[0].reason is Reason.ALLOWED_REPEAT
         assert (await backend.check_and_record_block(key(1), 10, B))[0].reason is Reason.DOUBLE_PROPOSAL
 
-    run(after, tmp_path / "d")
+    run(after, location)
 
 
-def test_import_export_summary_decisions_and_checkpoint(tmp_path: Path) -> None:
+def test_import_export_summary_decisions_and_checkpoint(location: Location) -> None:
     document = {
         "metadata": {"interchange_format_version": "5", "genesis_validators_root": "0x" + GENESIS.hex()},
         "data": [
@@ -159,7 +183,7 @@ def test_import_export_summary_decisions_and_checkpoint(tmp_path: Path) -> None:
         assert backend.last_checkpoint_unix is not None
         return out.getvalue()
 
-    exported = run(scenario, tmp_path / "d")
+    exported = run(scenario, location)
     assert json.loads(exported)["data"][0]["signed_blocks"][-1] == {"slot": "8", "signing_root": "0x" + B.hex()}
 
     async def reopened(backend: Backend) -> None:
@@ -168,11 +192,11 @@ def test_import_export_summary_decisions_and_checkpoint(tmp_path: Path) -> None:
         again = await backend.import_interchange(io.BytesIO(json.dumps(document).encode()))
         assert again.status_counts == {ImportStatus.UNCHANGED: 1}
 
-    run(reopened, tmp_path / "d")
+    run(reopened, location)
 
 
-def test_close_is_idempotent(tmp_path: Path) -> None:
+def test_close_is_idempotent(location: Location) -> None:
     async def scenario(backend: Backend) -> None:
         await backend.close()
 
-    run(scenario, tmp_path / "d")
+    run(scenario, location)

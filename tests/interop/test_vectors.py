@@ -1,5 +1,6 @@
 """Interop tier: every EIP-3076 conformance vector through a real server and a real gRPC client, in both
-strategies, followed by an export -> import into a fresh directory -> export round trip.
+strategies, followed by an export -> import into a fresh directory -> export round trip; on each backend: a data
+directory, and a PostgreSQL replica on a fresh database of a real private server.
 
 The vectors live in ../shared/interchange-tests (not in this repository); without them these tests skip.
 """
@@ -86,16 +87,35 @@ def run_case(server: Running, case: dict[str, Any], strategy: Strategy) -> None:
             )
 
 
+def fresh_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path, name: str) -> dict[str, Any]:
+    """running_server's arguments for a fresh database of `backend`."""
+    if backend == "local":
+        return {"data_dir": tmp_path / name}
+    server = request.getfixturevalue("postgres_server")
+    database = server.acquire_database()
+    request.addfinalizer(lambda: server.release_database(database))
+    return {"data_dir": None, "database_url": server.url(database)}
+
+
+@pytest.mark.parametrize("backend", ["local", "postgres"])
 @pytest.mark.parametrize("strategy", [Strategy.COMPLETE, Strategy.MINIMAL], ids=lambda s: s.value)
 @pytest.mark.parametrize("vector", vector_params())
-def test_vector_through_real_server(vector: Path, strategy: Strategy, tmp_path: Path) -> None:
+def test_vector_through_real_server(
+    vector: Path, strategy: Strategy, backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     case = load(vector)
     root = hex_bytes(case["genesis_validators_root"])
-    with running_server(tmp_path / "db", root, strategy=strategy) as server:
+    with running_server(
+        genesis_validators_root=root, strategy=strategy, **fresh_database(backend, request, tmp_path, "db")
+    ) as server:
         run_case(server, case, strategy)
         first_export = export_document(server)
     # Round trip: what we export, a fresh database imports and exports again identically.
-    with running_server(tmp_path / "fresh", root, strategy=Strategy.COMPLETE) as fresh:
+    with running_server(
+        genesis_validators_root=root,
+        strategy=Strategy.COMPLETE,
+        **fresh_database(backend, request, tmp_path, "fresh"),
+    ) as fresh:
         import_document(fresh, first_export)
         assert export_document(fresh) == first_export
     exported = json.loads(first_export)

@@ -41,10 +41,11 @@ class Running:
 
 @contextlib.contextmanager
 def running_server(
-    data_dir: Path, genesis_validators_root: bytes | None = ZERO_ROOT, recover: bool = True, **options: Any
+    data_dir: Path | None, genesis_validators_root: bytes | None = ZERO_ROOT, recover: bool = True, **options: Any
 ) -> Iterator[Running]:
     """Starts a server in a thread of its own; on exit stops it gracefully (final checkpoint, lock released).
-    `options` are ServeConfig's or StoreOptions' fields (strategy=..., fileops=...)."""
+    `options` are ServeConfig's or StoreOptions' fields (strategy=..., fileops=..., database_url=... with
+    `data_dir` None for a PostgreSQL replica)."""
     store_fields = {option.name for option in fields(StoreOptions)}
     store = StoreOptions(**{name: value for name, value in options.items() if name in store_fields})
     config = replace(
