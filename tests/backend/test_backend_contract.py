@@ -117,9 +117,9 @@ def test_a_batch_is_decided_in_order_and_durable_as_a_whole(location: Location) 
     run(scenario, location)
 
 
-def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothing(location: Location) -> None:
-    if not isinstance(location, Path):
-        pytest.skip("a disk fault below the local log; PostgreSQL's outages are in tests/postgres")
+def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothing(tmp_path: Path) -> None:
+    """Local backend only: a disk fault below its log (PostgreSQL's outages are in tests/postgres)."""
+    location = tmp_path / "local"
     fileops = FaultyFileOps()
 
     async def scenario(backend: Backend) -> None:
