@@ -72,14 +72,16 @@ def _vote(stub, source: int, target: int, root: bytes) -> signing_pb2.SigningDec
         signing_root=root,
         genesis_validators_root=GENESIS_VALIDATORS_ROOT,
     )
-    return stub.CheckAndRecordAttestation(request, timeout=30).decision
+    response: signing_pb2.CheckAndRecordAttestationResponse = stub.CheckAndRecordAttestation(request, timeout=30)
+    return response.decision
 
 
 def _block(stub, slot: int, root: bytes) -> signing_pb2.SigningDecision:
     request = signing_pb2.CheckAndRecordBlockRequest(
         pubkey=KEY, slot=slot, signing_root=root, genesis_validators_root=GENESIS_VALIDATORS_ROOT
     )
-    return stub.CheckAndRecordBlock(request, timeout=30).decision
+    response: signing_pb2.CheckAndRecordBlockResponse = stub.CheckAndRecordBlock(request, timeout=30)
+    return response.decision
 
 
 def test_refuses_slashable_votes_and_allows_the_honest_next_one(stubs) -> None:

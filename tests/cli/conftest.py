@@ -290,7 +290,8 @@ class Signer:
             signing_root=signing_root if signing_root is not None else slot.to_bytes(32, "big"),
             genesis_validators_root=self.root,
         )
-        return self.stub.CheckAndRecordBlock(request, timeout=30).decision
+        response: signing_pb2.CheckAndRecordBlockResponse = self.stub.CheckAndRecordBlock(request, timeout=30)
+        return response.decision
 
     def attestation(
         self, key: str, source: int, target: int, signing_root: bytes | None = None
@@ -304,7 +305,10 @@ class Signer:
             else (source * 1000 + target).to_bytes(32, "big"),
             genesis_validators_root=self.root,
         )
-        return self.stub.CheckAndRecordAttestation(request, timeout=30).decision
+        response: signing_pb2.CheckAndRecordAttestationResponse = self.stub.CheckAndRecordAttestation(
+            request, timeout=30
+        )
+        return response.decision
 
     def close(self) -> None:
         self.channel.close()

@@ -106,9 +106,9 @@ class SigningLoad:
         self._batch_size = batch_size
         self._stopping = threading.Event()
         self.errors: list[BaseException] = []
-        workers: list[Callable[[random.Random], None]] = [self._unary] * unary_threads + [
-            self._batched
-        ] * batch_threads
+        unary: list[Callable[[random.Random], None]] = [self._unary] * unary_threads
+        batched: list[Callable[[random.Random], None]] = [self._batched] * batch_threads
+        workers = unary + batched
         self._threads = [
             threading.Thread(target=self._run, args=(worker, random.Random(seed * 1000 + index)), daemon=True)
             for index, worker in enumerate(workers)
@@ -132,7 +132,7 @@ class SigningLoad:
                 try:
                     worker(rng)
                 except grpc.RpcError as error:
-                    self._ledger.count(f"rpc {error.code().name}")  # type: ignore[attr-defined]
+                    self._ledger.count(f"rpc {error.code().name}")
                     # The server is gone (killed) or refusing: back off a little instead of spinning.
                     self._stopping.wait(0.005)
         except BaseException as error:  # reported by stop(): an assertion in a thread must fail the test

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -38,7 +39,7 @@ from .load import (
 
 GENESIS_VALIDATORS_ROOT = root_for("io-fault genesis")
 VALIDATORS = [pubkey_for(index) for index in range(8)]
-SERVER_OPTIONS = {"segment_bytes": 4096, "archive_segments": True, "checkpoint_interval": 0}
+SERVER_OPTIONS: dict[str, Any] = {"segment_bytes": 4096, "archive_segments": True, "checkpoint_interval": 0}
 HEALTH_TIMEOUT = 10.0  # the log retries once a second
 
 
@@ -63,6 +64,7 @@ class Signer:
 
     def sign(self, message: Attestation | Block) -> signing_pb2.SigningDecision:
         """One unary call; raises grpc.RpcError as the client would see it."""
+        decision: signing_pb2.SigningDecision
         if isinstance(message, Attestation):
             call = self.server.signing.CheckAndRecordAttestation
             decision = call(attestation_request(message, GENESIS_VALIDATORS_ROOT), timeout=10).decision
@@ -120,7 +122,7 @@ def assert_unavailable(call: Callable[[], object], what: str) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         outcome = call()
         raise AssertionError(f"{what} was answered during the fault: {outcome}")
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, f"{what}: {caught.value}"  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, f"{what}: {caught.value}"
 
 
 def refused_or_unavailable(call: Callable[[], signing_pb2.SigningDecision], what: str) -> None:
@@ -128,7 +130,7 @@ def refused_or_unavailable(call: Callable[[], signing_pb2.SigningDecision], what
     try:
         decision = call()
     except grpc.RpcError as error:
-        assert error.code() == grpc.StatusCode.UNAVAILABLE, f"{what}: {error}"  # type: ignore[attr-defined]
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, f"{what}: {error}"
     else:
         assert decision.verdict == REFUSED, f"{what} was ALLOWED during the fault: {decision}"
 
@@ -179,7 +181,7 @@ def test_io_failure_refuses_until_healed_and_loses_nothing(tmp_path: Path, fault
                 try:
                     signer.sign(signer.fresh_attestation(VALIDATORS[attempt % len(VALIDATORS)]))
                 except grpc.RpcError as error:
-                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error  # type: ignore[attr-defined]
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
                     break
             else:
                 raise AssertionError(f"{fault}: 500 calls and the fault never struck")
@@ -225,7 +227,7 @@ def assert_clean_restart(data_dir: Path, answers: list[tuple[Attestation | Block
     """Verify, the whole audit trail, and every ALLOWED answer still allowed as a repeat after a restart."""
     report = verify_data_dir(data_dir)
     assert report.ok and not any("torn" in line for line in report.lines), "\n".join(report.lines)
-    sequences = []
+    sequences: list[int] = []
     for directory in (data_dir / "archive", data_dir / "log"):
         scan = read_records(directory, FileOps())
         sequences.extend(record.sequence for record in scan)
@@ -295,9 +297,11 @@ def test_fdatasync_failing_alone_never_lets_an_allowed_answer_out(tmp_path: Path
         while time.monotonic() < deadline:
             calls += 1
             pubkey = VALIDATORS[calls % len(VALIDATORS)]
-            assert_unavailable(
-                lambda pubkey=pubkey: signer.sign(signer.fresh_attestation(pubkey)), "an attestation"
-            )
+
+            def attempt(pubkey: bytes = pubkey) -> signing_pb2.SigningDecision:
+                return signer.sign(signer.fresh_attestation(pubkey))
+
+            assert_unavailable(attempt, "an attestation")
             time.sleep(0.05)
         assert len(signer.answers) == allowed_before, "an answer was ALLOWED although no fdatasync succeeded"
         assert fileops.failures["fdatasync"] >= 2 and fileops.calls["fsync"] > 0, "the log never retried"

@@ -360,7 +360,7 @@ def assert_recovered(data_dir: Path, answered: Answered, context: str, *, archiv
 
 
 def assert_audit_trail(store: Store, answered: Answered, context: str) -> None:
-    recorded = {}
+    recorded: dict[int, tuple[object, ...]] = {}
     for record in store.decisions():
         if record.kind == "block":
             recorded[record.sequence] = ("block", record.pubkey, record.slot, record.signing_root, record.reason)

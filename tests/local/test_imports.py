@@ -10,6 +10,7 @@ import gc
 import io
 import json
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ WINDOW = 4
 
 
 def document(
-    entries: list[tuple[bytes, list[tuple[int, bytes | None]], list[tuple[int, int, bytes | None]]]],
+    entries: Sequence[tuple[bytes, Sequence[tuple[int, bytes | None]], Sequence[tuple[int, int, bytes | None]]]],
     genesis: bytes = GENESIS,
     *,
     metadata_last: bool = False,
@@ -133,8 +134,8 @@ def test_floors_survive_restart_export_and_import_elsewhere(tmp_path: Path) -> N
 
 def v01_import_payload(
     pubkey: bytes,
-    blocks: list[tuple[int, bytes | None]],
-    attestations: list[tuple[int, int, bytes | None]],
+    blocks: Sequence[tuple[int, bytes | None]],
+    attestations: Sequence[tuple[int, int, bytes | None]],
     minimal: bool = False,
 ) -> bytes:
     """Type 4 as v0.1 wrote it, packed by hand from the format table (not through the codec)."""

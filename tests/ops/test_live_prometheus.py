@@ -300,7 +300,7 @@ def test_dashboard_and_alerts_against_a_real_prometheus(prometheus_and_sidecar: 
         assert alert["outcome"] == "refused"
 
         # Every panel of the dashboard shows a number (NaN, e.g. a quantile of nothing, counts as nothing).
-        missing = {}
+        missing: dict[str, str] = {}
         deadline = time.monotonic() + DEADLINE
         for title, expr in panel_queries():
             while True:

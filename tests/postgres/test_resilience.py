@@ -43,14 +43,20 @@ def block(server: Running, slot: int, root: bytes, timeout: float = 10) -> signi
     request = signing_pb2.CheckAndRecordBlockRequest(
         pubkey=PUBKEY, slot=slot, signing_root=root, genesis_validators_root=ROOT
     )
-    return server.signing.CheckAndRecordBlock(request, timeout=timeout).decision
+    response: signing_pb2.CheckAndRecordBlockResponse = server.signing.CheckAndRecordBlock(
+        request, timeout=timeout
+    )
+    return response.decision
 
 
 def attestation(server: Running, source: int, target: int, root: bytes) -> signing_pb2.SigningDecision:
     request = signing_pb2.CheckAndRecordAttestationRequest(
         pubkey=PUBKEY, source_epoch=source, target_epoch=target, signing_root=root, genesis_validators_root=ROOT
     )
-    return server.signing.CheckAndRecordAttestation(request, timeout=10).decision
+    response: signing_pb2.CheckAndRecordAttestationResponse = server.signing.CheckAndRecordAttestation(
+        request, timeout=10
+    )
+    return response.decision
 
 
 def serving(server: Running) -> bool:

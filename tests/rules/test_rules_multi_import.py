@@ -220,9 +220,9 @@ def run_sequence(files: tuple[Recorded, ...], signings: list[object], minimal: b
 @pytest.mark.parametrize("minimal", [False, True])
 @pytest.mark.parametrize("imports", [2, 3])
 def test_every_sequence_of_block_files(imports: int, minimal: bool) -> None:
-    failures = []
+    failures: list[str] = []
     for index, files in enumerate(product(BLOCK_FILES, repeat=imports)):
-        signings = [BLOCK_SIGNINGS[(index + i) % len(BLOCK_SIGNINGS)] for i in range(imports)]
+        signings: list[object] = [BLOCK_SIGNINGS[(index + i) % len(BLOCK_SIGNINGS)] for i in range(imports)]
         failures.extend(f"{files} {signings}: {m}" for m in run_sequence(files, signings, minimal))
         if len(failures) >= 10:
             break
@@ -232,11 +232,13 @@ def test_every_sequence_of_block_files(imports: int, minimal: bool) -> None:
 @pytest.mark.parametrize("minimal", [False, True])
 @pytest.mark.parametrize("imports", [2, 3])
 def test_every_sequence_of_attestation_files(imports: int, minimal: bool) -> None:
-    failures = []
+    failures: list[str] = []
     count = 0
     for index, files in enumerate(product(ATTESTATION_FILES, repeat=imports)):
         count += 1
-        signings = [ATTESTATION_SIGNINGS[(index + i) % len(ATTESTATION_SIGNINGS)] for i in range(imports)]
+        signings: list[object] = [
+            ATTESTATION_SIGNINGS[(index + i) % len(ATTESTATION_SIGNINGS)] for i in range(imports)
+        ]
         failures.extend(f"{files} {signings}: {m}" for m in run_sequence(files, signings, minimal))
         if len(failures) >= 10:
             break
@@ -320,11 +322,11 @@ def test_nothing_allowed_after_importing_pruned_exports_is_slashable(
             really_signed_blocks.append(candidate)
     for source, target, root in attestation_candidates(everything, recorded_from(history)):
         if sign_attestation(history, source, target, root).allows:
-            candidate = Attestation(source, target, root)
-            assert not slashable_attestation(candidate, really_signed_attestations), (
-                f"allowed slashable attestation {candidate}"
+            vote = Attestation(source, target, root)
+            assert not slashable_attestation(vote, really_signed_attestations), (
+                f"allowed slashable attestation {vote}"
             )
-            really_signed_attestations.append(candidate)
+            really_signed_attestations.append(vote)
 
 
 @settings(max_examples=200, deadline=None)

@@ -63,7 +63,7 @@ def write_segment(path: Path, first_sequence: int, sequences: list[int], payload
 def record_offsets(path: Path) -> list[tuple[int, int, int]]:
     """(sequence, offset, frame length) of every intact record of a segment."""
     data = path.read_bytes()
-    found = []
+    found: list[tuple[int, int, int]] = []
     offset = SEGMENT_HEADER_SIZE
     while True:
         decoded = decode_record(data, offset)

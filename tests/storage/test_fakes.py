@@ -78,7 +78,9 @@ def test_created_but_never_fsynced_file_survives_empty(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("sync_dir", "expected"), [(False, {"a": b"A", "gone": b"G"}), (True, {"b": b"A"})])
-def test_rename_and_unlink_need_a_directory_fsync(tmp_path: Path, sync_dir: bool, expected: dict) -> None:
+def test_rename_and_unlink_need_a_directory_fsync(
+    tmp_path: Path, sync_dir: bool, expected: dict[str, bytes]
+) -> None:
     live = tmp_path / "live"
     live.mkdir()
     (live / "a").write_bytes(b"A")

@@ -38,7 +38,7 @@ def crc32c_reference(data: bytes) -> int:
 
 
 def decode_all(data: bytes, offset: int = SEGMENT_HEADER_SIZE) -> tuple[list[tuple[int, int, bytes]], Outcome]:
-    records = []
+    records: list[tuple[int, int, bytes]] = []
     while True:
         decoded = decode_record(data, offset)
         if decoded.outcome is not Outcome.RECORD:

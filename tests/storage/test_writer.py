@@ -115,9 +115,11 @@ def test_callbacks_fire_in_sequence_order_on_the_flusher_thread(tmp_path: Path) 
         assert fileops.in_fdatasync.wait(5)
         last = log.append_many([(1, b"b"), (1, b"c"), (1, b"d")])
         for sequence in (4, 2, 3, 1):
-            log.add_durable_callback(
-                sequence, lambda error, s=sequence: fired.append((s, error, threading.current_thread().name))
-            )
+
+            def record(error: BaseException | None, s: int = sequence) -> None:
+                fired.append((s, error, threading.current_thread().name))
+
+            log.add_durable_callback(sequence, record)
         fileops.gate.set()
         log.wait_durable(last)
         log.add_durable_callback(2, lambda error: fired.append((2, error, threading.current_thread().name)))
