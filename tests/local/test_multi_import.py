@@ -8,7 +8,6 @@ signed, including the messages no file holds any more.
 from __future__ import annotations
 
 import io
-import json
 import random
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from sidecar.local.options import StoreOptions
 from sidecar.local.store import Store
 from sidecar.rules import Reason
 from tests.rules.rules_oracle import Attestation, Block, Recorded
+from tests.rules.rules_support import eip3076_document
 from tests.rules.test_rules_multi_import import client_stints, slashable_attestation, slashable_block
 
 GENESIS = bytes(32)
@@ -30,24 +30,7 @@ ROOT_A = bytes([0xAA]) * 32
 
 
 def document(files: Recorded, key: bytes = KEY) -> bytes:
-    def root(value: bytes | None) -> dict[str, str]:
-        return {} if value is None else {"signing_root": "0x" + value.hex()}
-
-    return json.dumps(
-        {
-            "metadata": {"interchange_format_version": "5", "genesis_validators_root": "0x" + GENESIS.hex()},
-            "data": [
-                {
-                    "pubkey": "0x" + key.hex(),
-                    "signed_blocks": [{"slot": str(b.slot), **root(b.root)} for b in files.blocks],
-                    "signed_attestations": [
-                        {"source_epoch": str(a.source), "target_epoch": str(a.target), **root(a.root)}
-                        for a in files.attestations
-                    ],
-                }
-            ],
-        }
-    ).encode()
+    return eip3076_document({key: files}, GENESIS)
 
 
 def open_store(path: Path, window: int | None, strategy: Strategy) -> Store:

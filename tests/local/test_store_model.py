@@ -13,7 +13,6 @@ acknowledged only once durable, as the servicers do, so a power cut must lose no
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ from sidecar.local.store import Store
 from sidecar.rules import Reason, check_attestation, check_block
 from sidecar.storage import FileOps
 from tests.rules.rules_oracle import Attestation, Block, Protection, Recorded
-from tests.rules.rules_support import attestation_candidates, block_candidates, recorded_from
+from tests.rules.rules_support import attestation_candidates, block_candidates, eip3076_document, recorded_from
 from tests.rules.test_rules_multi_import import disagree
 from tests.storage.fakes import PowerLossFileOps
 
@@ -44,25 +43,7 @@ keys = st.sampled_from(KEYS)
 
 
 def document(entries: dict[bytes, Recorded]) -> bytes:
-    def root(value: bytes | None) -> dict[str, str]:
-        return {} if value is None else {"signing_root": "0x" + value.hex()}
-
-    return json.dumps(
-        {
-            "metadata": {"interchange_format_version": "5", "genesis_validators_root": "0x" + GENESIS.hex()},
-            "data": [
-                {
-                    "pubkey": "0x" + key.hex(),
-                    "signed_blocks": [{"slot": str(b.slot), **root(b.root)} for b in file.blocks],
-                    "signed_attestations": [
-                        {"source_epoch": str(a.source), "target_epoch": str(a.target), **root(a.root)}
-                        for a in file.attestations
-                    ],
-                }
-                for key, file in entries.items()
-            ],
-        }
-    ).encode()
+    return eip3076_document(entries, GENESIS)
 
 
 files = st.builds(

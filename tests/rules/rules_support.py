@@ -10,7 +10,8 @@ checking every epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import product
 
 from hypothesis import strategies as st
@@ -63,6 +64,33 @@ def recorded_from(history: ValidatorHistory) -> Recorded:
         attestations=[Attestation(a.source_epoch, a.target_epoch, a.signing_root) for a in history.attestations()],
         floors=Floors(history.slot_floor, history.source_epoch_floor, history.target_epoch_floor),
     )
+
+
+def eip3076_document(entries: Mapping[bytes, Recorded], genesis_validators_root: bytes = bytes(32)) -> bytes:
+    """An EIP-3076 v5 document holding each key's records (floors are not part of the format)."""
+
+    def root(value: bytes | None) -> dict[str, str]:
+        return {} if value is None else {"signing_root": "0x" + value.hex()}
+
+    return json.dumps(
+        {
+            "metadata": {
+                "interchange_format_version": "5",
+                "genesis_validators_root": "0x" + genesis_validators_root.hex(),
+            },
+            "data": [
+                {
+                    "pubkey": "0x" + key.hex(),
+                    "signed_blocks": [{"slot": str(b.slot), **root(b.root)} for b in records.blocks],
+                    "signed_attestations": [
+                        {"source_epoch": str(a.source), "target_epoch": str(a.target), **root(a.root)}
+                        for a in records.attestations
+                    ],
+                }
+                for key, records in entries.items()
+            ],
+        }
+    ).encode()
 
 
 def reimport(history: ValidatorHistory) -> ValidatorHistory:
