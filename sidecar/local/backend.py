@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar
 
 from sidecar.audit import DecisionRecord
 from sidecar.backend import (
@@ -24,6 +23,7 @@ from sidecar.local.options import StoreOptions
 from sidecar.local.store import Store
 from sidecar.rules import Decision
 from sidecar.storage import LogUnavailableError, StorageError
+from sidecar.worker_thread import run_in_own_thread
 
 __all__ = ["LocalBackend"]
 
@@ -154,14 +154,16 @@ class LocalBackend:
         self, source: BinaryIO, progress: Callable[[int], None] | None = None
     ) -> ImportResult:
         with _translated():
-            return await _in_own_thread(lambda: self.store.import_interchange(source, progress=progress), "import")
+            return await run_in_own_thread(
+                lambda: self.store.import_interchange(source, progress=progress), "import"
+            )
 
     async def export_interchange(
         self, out: BinaryIO, pubkeys: Sequence[bytes] | None = None, progress: Callable[[int], None] | None = None
     ) -> int:
         selected = None if pubkeys is None else list(pubkeys)
         with _translated():
-            return await _in_own_thread(
+            return await run_in_own_thread(
                 lambda: self.store.export_interchange(out, selected, progress=progress), "export"
             )
 
@@ -199,35 +201,3 @@ def _take(records: Iterator[T], count: int) -> list[T]:
         if len(batch) == count:
             break
     return batch
-
-
-def _in_own_thread(function: Callable[[], T], name: str) -> asyncio.Future[T]:
-    """Runs a long blocking job in a thread of its own (never the loop's shared executor, which the job's own
-    feeding could then starve: an import reads its document from the loop) and returns a future for its result
-    on the running loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-    def run() -> None:
-        outcome: tuple[Any, BaseException | None]
-        try:
-            outcome = (function(), None)
-        except BaseException as error:  # handed to the loop, which re-raises it to the awaiting call
-            outcome = (None, error)
-        # The loop may be gone by now (server stopped while the job ran): then nobody is waiting.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, *outcome)
-
-    # If the awaiting call goes away first (client cancelled), nobody retrieves the job's failure: mark it
-    # retrieved so asyncio does not report it as lost.
-    future.add_done_callback(lambda done: done.cancelled() or done.exception())
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future

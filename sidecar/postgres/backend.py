@@ -80,6 +80,7 @@ from sidecar.postgres.schema import (
     to_db,
 )
 from sidecar.rules import Decision, Reason, check_attestation, check_block
+from sidecar.worker_thread import run_in_own_thread
 
 __all__ = ["PostgresBackend", "describe_url"]
 
@@ -1013,6 +1014,4 @@ def _decision_record(row: Sequence[Any]) -> DecisionRecord:
 
 
 def _in_thread(function: Callable[[], T]) -> asyncio.Future[T]:
-    from sidecar.local.backend import _in_own_thread
-
-    return _in_own_thread(function, "postgres-bulk")
+    return run_in_own_thread(function, "postgres-bulk")
