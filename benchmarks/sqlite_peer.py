@@ -458,15 +458,22 @@ class _DatabaseThread:
         self._executor.shutdown()
 
 
+def check_signing_request(pubkey: bytes, signing_root: bytes, request_root: bytes, expected_root: bytes) -> None:
+    """The sizes and the chain of a signing request, as both peer baselines check them."""
+    if len(pubkey) != PUBKEY_SIZE or len(signing_root) != ROOT_SIZE:
+        raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "pubkey must be 48 bytes, signing_root 32")
+    if len(request_root) != ROOT_SIZE:
+        raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "genesis_validators_root must be 32 bytes")
+    if request_root != expected_root:
+        raise PeerError(grpc.StatusCode.FAILED_PRECONDITION, "genesis_validators_root differs from the database's")
+
+
 def _validate_attestation(
     request: signing_pb2.CheckAndRecordAttestationRequest, genesis_validators_root: bytes
 ) -> None:
-    if len(request.pubkey) != PUBKEY_SIZE or len(request.signing_root) != ROOT_SIZE:
-        raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "pubkey must be 48 bytes, signing_root 32")
-    if len(request.genesis_validators_root) != ROOT_SIZE:
-        raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "genesis_validators_root must be 32 bytes")
-    if request.genesis_validators_root != genesis_validators_root:
-        raise PeerError(grpc.StatusCode.FAILED_PRECONDITION, "genesis_validators_root differs from the database's")
+    check_signing_request(
+        request.pubkey, request.signing_root, request.genesis_validators_root, genesis_validators_root
+    )
 
 
 class PeerSigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):  # type: ignore[misc,unused-ignore]

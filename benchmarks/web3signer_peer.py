@@ -83,6 +83,7 @@ from benchmarks.sqlite_peer import (
     _hex,
     _parse_interchange,
     _unhex,
+    check_signing_request,
 )
 from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
 from slashing_protection.v1 import (
@@ -642,15 +643,6 @@ class _Transaction:
 # --- gRPC --------------------------------------------------------------------------------------------------------
 
 
-def _check_request(pubkey: bytes, root: bytes, genesis_validators_root: bytes, expected_root: bytes) -> None:
-    if len(pubkey) != PUBKEY_SIZE or len(root) != ROOT_SIZE:
-        raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "pubkey must be 48 bytes, signing_root 32")
-    if len(genesis_validators_root) != ROOT_SIZE:
-        raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "genesis_validators_root must be 32 bytes")
-    if genesis_validators_root != expected_root:
-        raise PeerError(grpc.StatusCode.FAILED_PRECONDITION, "genesis_validators_root differs from the database's")
-
-
 class Web3SignerSigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):  # type: ignore[misc,unused-ignore]
     def __init__(self, store: Web3SignerStore) -> None:
         self.store = store
@@ -659,7 +651,7 @@ class Web3SignerSigningServicer(signing_pb2_grpc.SlashingProtectionServiceServic
         self, request: signing_pb2.CheckAndRecordBlockRequest, context: grpc.aio.ServicerContext
     ) -> signing_pb2.CheckAndRecordBlockResponse:
         try:
-            _check_request(
+            check_signing_request(
                 request.pubkey,
                 request.signing_root,
                 request.genesis_validators_root,
@@ -674,7 +666,7 @@ class Web3SignerSigningServicer(signing_pb2_grpc.SlashingProtectionServiceServic
         self, request: signing_pb2.CheckAndRecordAttestationRequest, context: grpc.aio.ServicerContext
     ) -> signing_pb2.CheckAndRecordAttestationResponse:
         try:
-            _check_request(
+            check_signing_request(
                 request.pubkey,
                 request.signing_root,
                 request.genesis_validators_root,
@@ -697,7 +689,7 @@ class Web3SignerSigningServicer(signing_pb2_grpc.SlashingProtectionServiceServic
             if len({item.pubkey for item in items}) != len(items):
                 raise PeerError(grpc.StatusCode.INVALID_ARGUMENT, "a batch may not name one pubkey twice")
             for item in items:
-                _check_request(
+                check_signing_request(
                     item.pubkey,
                     item.signing_root,
                     item.genesis_validators_root,
