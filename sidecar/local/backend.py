@@ -153,10 +153,15 @@ class LocalBackend:
     async def import_interchange(
         self, source: BinaryIO, progress: Callable[[int], None] | None = None
     ) -> ImportResult:
-        with _translated():
+        try:
             return await run_in_own_thread(
                 lambda: self.store.import_interchange(source, progress=progress), "import"
             )
+        except StorageError as error:
+            # A failed import is retracted (sidecar.local.imports.commit_or_retract): say that nothing changed.
+            raise BackendUnavailableError(
+                f"the import was not applied and changed nothing: its records could not be made durable ({error})"
+            ) from error
 
     async def export_interchange(
         self, out: BinaryIO, pubkeys: Sequence[bytes] | None = None, progress: Callable[[int], None] | None = None

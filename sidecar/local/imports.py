@@ -5,8 +5,9 @@ An import is all or nothing. The document is read whole and staged before anythi
 each key's records pruned to the history window as they arrive, see `sidecar.import_staging`), so memory follows
 the state the import leaves behind, not the size of the file. Its records then go to the log without the state
 lock (they change nothing until the commit), a few MiB at a time, each part durable before the next is encoded;
-the commit record is appended and every key applied under the lock, and the import answers once the commit is
-durable. Replay applies the commit identically (`sidecar.local.recovery`).
+the commit record is appended under the lock, and once it is durable every key is applied, still under the lock,
+and the import answers. A commit that cannot be made durable is retracted, so a failed import changes nothing,
+then or later. Replay applies the commit identically (`sidecar.local.recovery`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sidecar.import_merge import count_import, staged_status
 from sidecar.import_staging import stage_interchange
 from sidecar.local.options import StoreOptions
 from sidecar.local.state import ValidatorStates
-from sidecar.storage import DecisionLog
+from sidecar.storage import DecisionLog, LogUnavailableError
 
 __all__ = [
     "IMPORT_PART_BYTES",
@@ -118,13 +119,36 @@ def write_and_apply_locked(
             record_sequences.extend(range(last - len(part) + 1, last + 1))
             log.wait_durable(last)
             part, part_bytes = [], 0
+    commit = (codec.IMPORT_COMMIT, codec.encode_import_commit(count))
     with lock:
-        last = log.append(codec.IMPORT_COMMIT, codec.encode_import_commit(count))
+        last = log.append(*commit)
+        # The one wait for the disk under the state lock (signing pauses for one fsync per import): the import is
+        # applied only once its commit is durable, and a commit that failed is retracted before anything else is
+        # appended, so that a failed import never takes effect later (see `commit_or_retract`).
+        commit_or_retract(log, last, commit)
         for record_sequence in record_sequences:
             # Popped as applied, so a staged history is freed once merged rather than at the end.
             pubkey, stage = staged.popleft()
             status, raised = state.apply_import_locked(pubkey, minimal, stage.history, last, record_sequence)
             count_import(result, pubkey, staged_status(stage, status), raised)
     result.sequence = last
-    log.wait_durable(last)
     return result
+
+
+def commit_or_retract(log: DecisionLog, sequence: int, commit: tuple[int, bytes]) -> None:
+    """Waits until the import commit at `sequence` is durable; if it cannot be, retracts it and raises.
+
+    After a failed write the log rewrites every record that was not durable once the disk lets it (see
+    sidecar.storage.writer), so a commit whose import was answered with an error would otherwise take effect after
+    all. Retracting swaps it for a commit of no records (same length, same sequence), which replay reads as "the
+    import records before me were a cut-short import's" and drops. If the log recovered and made the original
+    durable first, the import did commit, and the caller applies it. The caller holds the state lock, so nothing
+    is appended after the commit meanwhile.
+    """
+    try:
+        log.wait_durable(sequence)
+    except LogUnavailableError:
+        if log.retract_last(sequence, commit, (codec.IMPORT_COMMIT, codec.encode_import_commit(0))):
+            raise
+        # Durable after all: the log recovered before the retraction.
+        log.wait_durable(sequence)

@@ -11,8 +11,10 @@ which change nothing until its commit, are the one exception; see `sidecar.local
 for the rule check, the (non-blocking) append and the update of the history: a few microseconds, never an fsync.
 Durability is waited for after the lock is released, through the log's group commit; a record is durable only
 after every record before it is, so a decision taken against a not-yet-durable record is safe: if a crash loses
-the earlier record, it loses the later one too, and neither was answered ALLOWED. A second lock
-(`_checkpoint_lock`) keeps checkpoints and imports one at a time.
+the earlier record, it loses the later one too, and neither was answered ALLOWED. The one wait for the disk
+under the lock is an import's commit, once per import, so that a failed import can be retracted before anything
+follows it (`sidecar.local.imports.commit_or_retract`). A second lock (`_checkpoint_lock`) keeps checkpoints and
+imports one at a time.
 """
 
 from __future__ import annotations

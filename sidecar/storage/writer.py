@@ -107,6 +107,9 @@ class DecisionLog:
         # Guarded by _lock: sequence assignment, the pending queue, waiters and the health state.
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
+        # Notified (all) whenever the fate of unsynced records may have been decided: a sequence published durable,
+        # the log failed, or a rewrite attempt ended. `retract_last` waits on it.
+        self._settled = threading.Condition(self._lock)
         self._next_sequence = next_sequence
         self._durable_sequence = next_sequence - 1
         self._pending: list[bytes] = []
@@ -129,6 +132,7 @@ class DecisionLog:
         self._active: _ActiveSegment | None = None
         self._unsynced: list[bytes] = []
         self._unsynced_last = 0
+        self._rewriting = False  # guarded by _lock: a rewrite of `_unsynced` is under way (see `retract_last`)
         self._needs_new_segment = False
 
         # Guarded by _segments_lock: the closed segments, oldest first, and the active segment's identity.
@@ -374,6 +378,47 @@ class DecisionLog:
         self.wait_durable(target, timeout)
         return self._durable_sequence
 
+    def retract_last(self, sequence: int, original: tuple[int, bytes], replacement: tuple[int, bytes]) -> bool:
+        """Swap the last record appended, ``sequence`` = ``original`` (type, payload), for ``replacement`` if
+        it failed to become durable; return True if it was swapped, False if ``original`` is durable.
+
+        For a record that must not take effect later once its writer was told it failed: after a failure the log
+        rewrites every record that was not durable, the same bytes under the same sequence numbers, so a record
+        whose waiter got an error would otherwise take effect anyway. Call it after :meth:`wait_durable` raised
+        :class:`LogUnavailableError`, with nothing appended since (the caller's own lock keeps it so). It waits
+        while the record's fate is open (a write or a rewrite under way). ``replacement`` must frame to the same
+        length, so the rewrite keeps its offsets. Raises ``ValueError`` when ``sequence`` is not the last record
+        or its queued bytes are not ``original``'s.
+
+        The swap covers the rewrite and the close: the record is never made durable as ``original``. What it
+        cannot undo is what the failed attempt itself left in the page cache: if the write succeeded and only the
+        fsync failed, and the process then stops before the log recovered (the rewrite truncates those bytes),
+        the original frame may still be read at the next open.
+        """
+        original_frame = encode_record(sequence, *original)
+        replacement_frame = encode_record(sequence, *replacement)
+        if len(replacement_frame) != len(original_frame):
+            raise ValueError("a retracted record's replacement must frame to the same length")
+        with self._lock:
+            while True:
+                if sequence <= self._durable_sequence:
+                    return False
+                if sequence != self._next_sequence - 1:
+                    raise ValueError(f"sequence {sequence} is not the last record appended")
+                if self._failure is not None and not self._rewriting:
+                    break
+                if self._flusher_done:
+                    # Stopped without a failure: everything appended was flushed, so it is durable (above).
+                    raise ValueError(f"sequence {sequence} was neither made durable nor failed")
+                self._settled.wait()
+            if self._unsynced_last != sequence or not self._unsynced or not self._unsynced[-1].endswith(
+                original_frame
+            ):
+                raise ValueError(f"the unsynced tail of the log is not record {sequence} as given")
+            tail = self._unsynced[-1]
+            self._unsynced[-1] = tail[: len(tail) - len(original_frame)] + replacement_frame
+            return True
+
     # -- state -----------------------------------------------------------------------------------------------
 
     @property
@@ -501,6 +546,7 @@ class DecisionLog:
         finally:
             with self._lock:
                 self._flusher_done = True
+                self._settled.notify_all()
                 waiters = self._waiters
                 self._waiters = []
                 error = self._failure or LogUnavailableError("decision log is closed")
@@ -574,6 +620,7 @@ class DecisionLog:
         ready: list[DurableCallback] = []
         with self._lock:
             self._durable_sequence = sequence
+            self._settled.notify_all()
             waiters = self._waiters
             while waiters and waiters[0][0] <= sequence:
                 ready.append(heapq.heappop(waiters)[2])
@@ -624,6 +671,7 @@ class DecisionLog:
             waiters = self._waiters
             self._waiters = []
             self._wakeup.notify()  # the flusher recovers; this may be a `flush_here` caller's thread
+            self._settled.notify_all()
         logger.error(
             "decision log failed (%s); %d waiters released with an error; sequences %d..%d are not durable and "
             "will be rewritten",
@@ -644,22 +692,31 @@ class DecisionLog:
                     self._wakeup.wait(self._retry_interval)
                 self._retry_requested = False
                 closing = self._closing
+            with self._lock:
+                # The bytes to rewrite are fixed from here to the end of the attempt (`retract_last` waits).
+                self._rewriting = True
+                unsynced = b"".join(self._unsynced)
             try:
-                self._rewrite_unsynced()
+                self._rewrite_unsynced(unsynced)
             except Exception as error:
+                with self._lock:
+                    self._rewriting = False
+                    self._settled.notify_all()
                 logger.warning("decision log still unavailable: %s", error)
                 if closing:
                     return False
                 continue
             with self._lock:
+                self._unsynced = []
+                self._rewriting = False
                 self._failure = None
             self._publish_durable(self._unsynced_last)
             logger.warning("decision log recovered; durable through sequence %d", self._durable_sequence)
             self._report_health(True)
             return True
 
-    def _rewrite_unsynced(self) -> None:
-        """Truncate the active segment to its durable size, rewrite the unsynced records and fsync them."""
+    def _rewrite_unsynced(self, data: bytes) -> None:
+        """Truncate the active segment to its durable size, rewrite the unsynced records (``data``) and fsync."""
         if self._needs_new_segment:
             self._start_segment(self._durable_sequence + 1)
             self._needs_new_segment = False
@@ -671,12 +728,10 @@ class DecisionLog:
         self._fileops.close_quietly(previous)
         self._fileops.ftruncate(fd, active.durable_size)
         active.size = active.durable_size
-        data = b"".join(self._unsynced)
         self._fileops.write(fd, data)
         active.size += len(data)
         self._fileops.fsync(fd)  # fsync, not fdatasync: the truncation changed the file's size
         active.durable_size = active.size
-        self._unsynced = []
 
     def _report_health(self, healthy: bool) -> None:
         if self._on_health_change is not None:

@@ -146,12 +146,11 @@ def test_a_disk_filling_at_any_step_of_an_import_changes_nothing(tmp_path: Path)
         else:
             outcome = "completed"  # the disk filled only after the import was durable
         state = exported(data_dir)
-        # All or nothing, never a part. A failed import usually left nothing; but the log rewrites records it could
-        # not make durable once it can (here at close, the space freed), so an import that failed while its commit
-        # was being made durable may take effect afterwards: more history, never less, which only refuses more.
-        assert state in (before, after), f"full at step {fail_at} of {steps} ({outcome}): a partial import"
-        if outcome == "completed":
-            assert state == after, f"full at step {fail_at} of {steps}: a completed import left another state"
+        # All or nothing, never a part, and a failed import leaves nothing, then or later: the log rewrites what it
+        # could not make durable once it can (here at close, the space freed), and a failed import's commit is
+        # retracted before that, so it cannot take effect afterwards.
+        expected = after if outcome == "completed" else before
+        assert state == expected, f"full at step {fail_at} of {steps} ({outcome}): the import left another state"
         landed = "left nothing" if state == before else "took effect"
         outcomes[f"{outcome}, {landed}"] = outcomes.get(f"{outcome}, {landed}", 0) + 1
         # The space freed, the same import goes through and leaves what it leaves on a healthy disk.
@@ -160,3 +159,5 @@ def test_a_disk_filling_at_any_step_of_an_import_changes_nothing(tmp_path: Path)
         shutil.rmtree(data_dir)
     print(f"an import of {steps} steps met a full disk at each: {outcomes}")
     assert sum(count for outcome, count in outcomes.items() if "left nothing" in outcome) > 0, outcomes
+    # The commit is one of the steps: a disk that fills at it fails the import, which must then leave nothing.
+    assert not any(outcome.endswith("took effect") and not outcome.startswith("completed") for outcome in outcomes)

@@ -255,3 +255,114 @@ def test_a_failed_write_on_the_appending_thread_hands_recovery_to_the_flusher(tm
     assert log.durable_sequence == first
     log.close()
     assert_clean_gapless(tmp_path, {1: payload_for(1)})
+
+
+@pytest.mark.parametrize("heal_before_close", [True, False], ids=["healed", "closed-while-failed"])
+def test_a_retracted_record_is_rewritten_as_its_replacement_never_as_itself(
+    tmp_path: Path, heal_before_close: bool
+) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = open_faulty(tmp_path, fileops, health)
+    log.wait_durable(log.append(1, b"before"))
+    fileops.fail("write", errno.ENOSPC, partial=True)
+    fileops.fail("fsync", errno.ENOSPC)
+    decision = log.append(1, b"decision")
+    commit = log.append(5, b"commit 7")
+    with pytest.raises(LogUnavailableError):
+        log.wait_durable(commit)
+    assert log.retract_last(commit, (5, b"commit 7"), (5, b"commit 0"))
+    if heal_before_close:
+        fileops.heal()
+        health.wait_for([False, True])
+        assert log.durable_sequence == commit
+        log.close()
+    else:
+        with pytest.raises(LogUnavailableError):
+            log.close()
+        fileops.heal()
+        # The next open finds what the failed writes left (a part of the rewrite), never the original record.
+        payloads = [record.payload for record in scan_log(tmp_path, FILEOPS, 0)]
+        assert payloads[0] == b"before" and b"commit 7" not in payloads, payloads
+        return
+    assert_clean_gapless(tmp_path, {1: b"before", decision: b"decision", commit: b"commit 0"})
+
+
+def test_retracting_a_durable_record_changes_nothing(tmp_path: Path) -> None:
+    log = DecisionLog.open(tmp_path, fileops=FILEOPS, next_sequence=1)
+    sequence = log.append(5, b"commit 7")
+    log.wait_durable(sequence)
+    assert not log.retract_last(sequence, (5, b"commit 7"), (5, b"commit 0"))
+    log.close()
+    assert_clean_gapless(tmp_path, {1: b"commit 7"})
+
+
+def test_retract_refuses_anything_but_the_last_record_as_given(tmp_path: Path) -> None:
+    fileops, health = FaultyFileOps(), Health()
+    log = open_faulty(tmp_path, fileops, health)
+    fileops.fail("fdatasync", errno.EIO)
+    fileops.fail("fsync", errno.EIO)
+    first = log.append(1, b"first")
+    last = log.append(5, b"commit 7")
+    with pytest.raises(LogUnavailableError):
+        log.wait_durable(last)
+    with pytest.raises(ValueError, match="not the last"):
+        log.retract_last(first, (1, b"first"), (1, b"tsrif"))
+    with pytest.raises(ValueError, match="not record"):
+        log.retract_last(last, (5, b"commit 8"), (5, b"commit 0"))
+    with pytest.raises(ValueError, match="same length"):
+        log.retract_last(last, (5, b"commit 7"), (5, b"none"))
+    fileops.heal()
+    health.wait_for([False, True])
+    log.close()
+    assert_clean_gapless(tmp_path, {first: b"first", last: b"commit 7"})
+
+
+def test_retract_waits_for_a_rewrite_under_way(tmp_path: Path) -> None:
+    """A rewrite that already took the bytes decides the record's fate: retract reports it durable."""
+    fileops = BlockingRewrite()
+    health = Health()
+    log = DecisionLog.open(
+        tmp_path, fileops=fileops, next_sequence=1, on_health_change=health, retry_interval=0.01
+    )
+    fileops.failing = True
+    sequence = log.append(5, b"commit 7")
+    with pytest.raises(LogUnavailableError):
+        log.wait_durable(sequence)
+    fileops.failing, fileops.blocking = False, True
+    assert fileops.rewriting.wait(5)  # the rewrite holds the original bytes, blocked in its fsync
+    outcome: list[bool] = []
+    retracting = threading.Thread(
+        target=lambda: outcome.append(log.retract_last(sequence, (5, b"commit 7"), (5, b"commit 0")))
+    )
+    retracting.start()
+    retracting.join(0.2)
+    assert retracting.is_alive() and not outcome  # waits for the rewrite's outcome
+    fileops.release.set()
+    retracting.join(5)
+    assert outcome == [False]
+    log.close()
+    assert_clean_gapless(tmp_path, {1: b"commit 7"})
+
+
+class BlockingRewrite(FileOps):
+    """fdatasync and fsync fail while `failing`; while `blocking`, fsync (the rewrite's) waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+        self.blocking = False
+        self.rewriting = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.failing:
+            raise StorageIOError("fdatasync", None, errno.EIO, "injected")
+        super().fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        if self.failing:
+            raise StorageIOError("fsync", None, errno.EIO, "injected")
+        if self.blocking and not self.release.is_set():
+            self.rewriting.set()
+            self.release.wait(10)
+        super().fsync(fd)
