@@ -411,8 +411,10 @@ class DecisionLog:
                     # Stopped without a failure: everything appended was flushed, so it is durable (above).
                     raise ValueError(f"sequence {sequence} was neither made durable nor failed")
                 self._settled.wait()
-            if self._unsynced_last != sequence or not self._unsynced or not self._unsynced[-1].endswith(
-                original_frame
+            if (
+                self._unsynced_last != sequence
+                or not self._unsynced
+                or not self._unsynced[-1].endswith(original_frame)
             ):
                 raise ValueError(f"the unsynced tail of the log is not record {sequence} as given")
             tail = self._unsynced[-1]
