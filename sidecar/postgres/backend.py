@@ -289,7 +289,8 @@ class PostgresBackend:
                 "; ".join(durability.unsafe()),
             )
         # A warning when a commit would not survive the loss of the primary: operators grep for warnings.
-        log.log(logging.INFO if durability.survives_primary_loss() else logging.WARNING, "%s", durability.describe())
+        level = logging.INFO if durability.survives_primary_loss() else logging.WARNING
+        log.log(level, "%s", durability.describe())
         backend = cls(url, root, options, allow_unsafe_database, durability, validators, started)
         try:
             await backend._pool.open(wait=True, timeout=OPERATION_TIMEOUT_SECONDS)

@@ -175,7 +175,7 @@ class HistoryReport:
     def __str__(self) -> str:
         summary = (
             f"{self.calls} calls: {self.allowed} allowed, {self.refused} refused, {self.indeterminate} "
-            f"indeterminate ({self.took_effect} of them took effect)"
+            f"indeterminate ({self.took_effect} of them recorded as allowed in the database)"
         )
         if not self.violations:
             return f"{summary}; no violation"

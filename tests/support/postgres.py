@@ -248,6 +248,12 @@ class PostgresServer:
         # `start()` take for a running server.
         wait_until(lambda: not self.running, 60, interval=0.2, what="the killed postmaster to be reaped")
 
+    def move_to_new_port(self) -> None:
+        """Listens on another free port from the next start: the old primary's disk brought up where the
+        replicas, whose URL names the old port, cannot reach it (two primaries must never both serve)."""
+        self.port = free_port()
+        self.configure({"port": str(self.port)})
+
     def create_standby(self, name: str = "standby") -> PostgresServer:
         """A streaming standby of this (running) server, started. It connects as `application_name` `name`
         through a physical replication slot of the same name (so this server keeps the WAL the standby has not
