@@ -31,8 +31,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpc_health.v1 import health_pb2
-
 from sidecar.client import NO_RETRY, Attestation, SidecarClient, Timeouts
 from tests.crash.process import ServerProcess
 from tests.support.history_checker import AttestationMessage, BlockMessage, History, Message, Outcome
@@ -69,13 +67,6 @@ class Replica:
     name: str
     process: ServerProcess
     client: SidecarClient
-
-    def serving(self) -> bool:
-        try:
-            status = self.process.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-        except Exception:
-            return False
-        return bool(status == health_pb2.HealthCheckResponse.SERVING)
 
     def log_text(self) -> str:
         return self.process.log_text()
