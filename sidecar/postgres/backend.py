@@ -288,7 +288,9 @@ class PostgresBackend:
                 "serving on a database that can lose a commit (--allow-unsafe-database): %s",
                 "; ".join(durability.unsafe()),
             )
-        log.info("%s", durability.describe())
+        # A warning when a commit would not survive the loss of the primary: operators grep for warnings.
+        level = logging.INFO if durability.survives_primary_loss() else logging.WARNING
+        log.log(level, "%s", durability.describe())
         backend = cls(url, root, options, allow_unsafe_database, durability, validators, started)
         try:
             await backend._pool.open(wait=True, timeout=OPERATION_TIMEOUT_SECONDS)

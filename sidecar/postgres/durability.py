@@ -16,9 +16,13 @@ connection options included, which is what its commits obey):
 
 Each refusal is lifted by `--allow-unsafe-database`, with a warning at every start.
 
-Whether a commit survives the loss of the primary (its host, its disk) is said once at startup: only with a
-synchronous standby (`synchronous_standby_names` set and `synchronous_commit` `on`, `remote_apply`, or
-`remote_write`: then the standby has the commit, in `remote_write` at least in its operating system's memory).
+Whether a commit survives the loss of the primary (its host, its disk) is said once at startup, as a warning when
+it does not: only with a synchronous standby (`synchronous_standby_names` set and `synchronous_commit` `on`,
+`remote_apply`, or `remote_write`: then the standby has the commit, in `remote_write` at least in its operating
+system's memory). The standbys streaming from the server (`pg_stat_replication`, readable by any role) are
+counted, so that the warning can say when one is there but asynchronous: the setup that looks highly available
+and is not for slashing protection (a failover to it loses the newest acknowledged decisions; the failover drill
+in tests/postgres/test_failover.py shows it, docs/high-availability.md tells what to do).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ __all__ = ["DURABILITY_QUERY", "DatabaseDurability"]
 
 DURABILITY_QUERY = (
     "SELECT current_setting('fsync'), current_setting('synchronous_commit'), "
-    "current_setting('full_page_writes'), current_setting('synchronous_standby_names'), pg_is_in_recovery()"
+    "current_setting('full_page_writes'), current_setting('synchronous_standby_names'), pg_is_in_recovery(), "
+    "(SELECT count(*) FROM pg_stat_replication)::int"
 )
 
 
@@ -40,9 +45,10 @@ class DatabaseDurability:
     full_page_writes: str
     synchronous_standby_names: str
     in_recovery: bool = False
+    standbys: int = 0  # streaming from this server now, synchronous or not
 
     @classmethod
-    def of_row(cls, row: tuple[str, str, str, str, bool]) -> DatabaseDurability:
+    def of_row(cls, row: tuple[str, str, str, str, bool, int]) -> DatabaseDurability:
         return cls(*row)
 
     @property
@@ -84,8 +90,15 @@ class DatabaseDurability:
             return (
                 f"database durability: {settings}: a commit survives the loss of the primary (synchronous standby)"
             )
+        if self.standbys:
+            streaming = (
+                f"{self.standbys} asynchronous standby{'s' if self.standbys > 1 else ''} streaming from it: "
+                f"commits do not wait for {'them' if self.standbys > 1 else 'it'}"
+            )
+        else:
+            streaming = "no synchronous standby"
         return (
-            f"database durability: {settings}: a commit does NOT survive the loss of the primary (no synchronous "
-            "standby): a failover to an asynchronous standby or a restore from backup can lose acknowledged "
-            "decisions; see docs/high-availability.md"
+            f"database durability: {settings}: a commit does NOT survive the loss of the primary ({streaming}): "
+            "a failover to an asynchronous standby or a restore from backup can lose acknowledged decisions; see "
+            "docs/high-availability.md"
         )

@@ -21,12 +21,21 @@ from sidecar.postgres import PostgresBackend
 from sidecar.rules import Reason
 from sidecar.store import StoreOptions
 from slashing_protection.v1 import admin_pb2, signing_pb2
+from tests.support.history_checker import (
+    AttestationMessage,
+    BlockMessage,
+    History,
+    Outcome,
+    allowed_in_database,
+    outcome_of_error,
+)
 from tests.support.postgres import PostgresServer, wait_until
 from tests.support.server import Running, running_server
 from tests.support.tcp_proxy import TcpProxy
 
 ROOT = bytes(32)
 PUBKEY = bytes([0xB1]) * 48
+ALLOWED = signing_pb2.VERDICT_ALLOWED
 
 
 def root_of(number: int) -> bytes:
@@ -72,6 +81,7 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
     nine roots, then nine votes surrounding each other), spread over three replicas on one database, released
     together: exactly one ALLOWED each round, and the database holds exactly the allowed ones."""
     rounds, contenders = 12, 9
+    history = History()
     with replicas(postgres_url, 3) as servers:
         servers[0].admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
         allowed_blocks = []
@@ -81,8 +91,13 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
 
                 def contend_block(index: int, slot: int = number, barrier: threading.Barrier = barrier) -> bool:
                     barrier.wait()
-                    decision = block(servers[index % 3], slot, root_of(index + 1))
-                    return bool(decision.verdict == signing_pb2.VERDICT_ALLOWED)
+                    message = BlockMessage(PUBKEY, slot, root_of(index + 1))
+                    (outcome,) = history.attempt(
+                        f"replica-{index % 3}",
+                        [message],
+                        lambda: [block(servers[index % 3], slot, message.signing_root).verdict == ALLOWED],
+                    )
+                    return outcome is Outcome.ALLOWED
 
                 verdicts = list(pool.map(contend_block, range(contenders)))
                 assert verdicts.count(True) == 1, f"round {number}: {verdicts.count(True)} allowed"
@@ -94,8 +109,18 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
                     barrier.wait()
                     # Alternately the same target (double votes) and surrounding spans (surround votes).
                     source = target - 1 if index % 2 else max(0, target - 1 - index)
-                    decision = attestation(servers[index % 3], source, target + index % 2, root_of(index + 1))
-                    return bool(decision.verdict == signing_pb2.VERDICT_ALLOWED)
+                    message = AttestationMessage(PUBKEY, source, target + index % 2, root_of(index + 1))
+                    (outcome,) = history.attempt(
+                        f"replica-{index % 3}",
+                        [message],
+                        lambda: [
+                            attestation(
+                                servers[index % 3], source, message.target_epoch, message.signing_root
+                            ).verdict
+                            == ALLOWED
+                        ],
+                    )
+                    return outcome is Outcome.ALLOWED
 
                 barrier.reset()
                 votes = list(pool.map(contend_vote, range(contenders)))
@@ -113,6 +138,8 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
             for s2, t2 in votes_held[i + 1 :]:
                 assert t1 != t2, "double vote allowed"
                 assert not (s1 < s2 and t2 < t1) and not (s2 < s1 and t1 < t2), "surround vote allowed"
+    report = history.check(allowed_in_database(postgres_url))
+    assert report.indeterminate == 0 and report.violations == [], str(report)
 
 
 def test_database_killed_under_load_allows_nothing_while_down_loses_nothing_and_recovers(
@@ -120,22 +147,35 @@ def test_database_killed_under_load_allows_nothing_while_down_loses_nothing_and_
 ) -> None:
     """`pg_ctl stop -m immediate` while two replicas sign: calls sent while it is down are never ALLOWED,
     health goes NOT_SERVING, every ALLOWED answered is in the database after its crash recovery, and both
-    replicas serve again by themselves within seconds of the restart."""
+    replicas serve again by themselves within seconds of the restart. Each proposal is followed by a double
+    proposal of the same slot through the other replica, and the history checker goes over every call."""
     outcomes: list[tuple[float, float, int, str]] = []
+    history = History()
     stop = threading.Event()
     with replicas(postgres_url, 2) as servers:
         servers[0].admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
+
+        def propose(index: int, slot: int, root: bytes) -> str:
+            """One call, recorded; returns "allowed", "refused" or the status's name."""
+            sent = time.monotonic()
+            try:
+                decision = block(servers[index], slot, root, timeout=3)
+                outcome = "allowed" if decision.verdict == signing_pb2.VERDICT_ALLOWED else "refused"
+                recorded = Outcome.ALLOWED if outcome == "allowed" else Outcome.REFUSED
+            except grpc.RpcError as error:
+                outcome = error.code().name
+                recorded = outcome_of_error(error)
+            history.record(BlockMessage(PUBKEY, slot, root), recorded, f"replica-{index}", sent, time.monotonic())
+            return outcome
 
         def load(index: int) -> None:
             slot = index + 1
             while not stop.is_set():
                 sent = time.monotonic()
-                try:
-                    decision = block(servers[index], slot, root_of(slot), timeout=3)
-                    outcome = "allowed" if decision.verdict == signing_pb2.VERDICT_ALLOWED else "refused"
-                except grpc.RpcError as error:
-                    outcome = error.code().name
+                outcome = propose(index, slot, root_of(slot))
                 outcomes.append((sent, time.monotonic(), slot, outcome))
+                # A double proposal through the other replica: refused whenever the first took effect.
+                propose(1 - index, slot, root_of(slot + 10**6))
                 slot += 2
                 time.sleep(0.01)
 
@@ -166,6 +206,8 @@ def test_database_killed_under_load_allows_nothing_while_down_loses_nothing_and_
         held = {slot for (slot,) in connection.execute("SELECT slot FROM blocks").fetchall()}
     assert allowed_slots <= held, f"allowed but lost: {sorted(allowed_slots - held)}"
     assert recovered_in < 10
+    report = history.check(allowed_in_database(postgres_url))
+    assert report.violations == [], str(report)
 
 
 def test_a_connection_cut_after_commit_is_never_allowed_and_a_retry_is_a_repeat(

@@ -6,9 +6,10 @@ server command as the unprivileged `postgres` user that the Debian package creat
 root), owning the temporary directory.
 
 What the resilience tests need is here too: `stop(mode="immediate")` (the server dies without a shutdown
-checkpoint, as on a crash) and `start()` again on the same port; `create_standby()` makes a streaming standby
-of this server by `pg_basebackup` (synchronous when the primary names it in `synchronous_standby_names`),
-and `promote()` turns a standby into a primary, for the failover drill.
+checkpoint, as on a crash) and `start()` again on the same port; `crash()` (SIGKILL to the postmaster and every
+backend at once, as a machine crash looks to clients); `create_standby()` makes a streaming standby of this
+server by `pg_basebackup` (synchronous when the primary names it in `synchronous_standby_names`), and `promote()`
+turns a standby into a primary, for the failover drills (tests/postgres/test_failover.py).
 
 The pytest fixtures are in `tests/support/postgres_fixtures.py` (a session-wide server, a database per test).
 Outside CI a missing PostgreSQL skips with a message naming it; in CI (`CI` set) the tests fail instead.
@@ -20,6 +21,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -218,28 +220,105 @@ class PostgresServer:
             self.sql(f"ALTER SYSTEM SET {name} = {value}")
             self.reload()
 
-    # ---------------------------------------------------------------- replication (failover drills)
+    # ---------------------------------------------------------------- crashes and replication (failover drills)
+
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid, from the first line of `postmaster.pid` (None when there is none)."""
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def crash(self) -> None:
+        """SIGKILL to the whole server at once, as a machine crash looks to its clients: the postmaster is
+        stopped first (so it forks nothing more and restarts nothing), then it and every child process (each
+        backend is its own process group, so the postmaster's group alone would leave them running) are killed.
+        No backend survives to answer anyone; the sockets close; `postmaster.pid` stays behind, as after a real
+        crash, and a later `start()` runs crash recovery."""
+        pid = self.postmaster_pid
+        assert pid is not None, f"no postmaster.pid in {self.data_dir}"
+        os.kill(pid, signal.SIGSTOP)
+        victims = [pid, *_children_of(pid)]
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: not any(_alive(victim) for victim in victims), 30, what="the killed server to exit")
+        # Until its parent (init, here) reaps it, the dead postmaster is a zombie that `pg_ctl status` and the next
+        # `start()` take for a running server.
+        wait_until(lambda: not self.running, 60, interval=0.2, what="the killed postmaster to be reaped")
+
+    def move_to_new_port(self) -> None:
+        """Listens on another free port from the next start: the old primary's disk brought up where the
+        replicas, whose URL names the old port, cannot reach it (two primaries must never both serve)."""
+        self.port = free_port()
+        self.configure({"port": str(self.port)})
 
     def create_standby(self, name: str = "standby") -> PostgresServer:
-        """A streaming standby of this (running) server, started, named `name` as its application_name: make
-        it synchronous with `set_setting("synchronous_standby_names", "'name'")` on this server."""
+        """A streaming standby of this (running) server, started. It connects as `application_name` `name`
+        through a physical replication slot of the same name (so this server keeps the WAL the standby has not
+        received, even while the standby is stopped). Make it synchronous afterwards with
+        `set_setting("synchronous_standby_names", "'name'")` on this server; the standby's own
+        `synchronous_standby_names` is empty, so once promoted it commits without waiting for anyone.
+
+        Its settings go to `postgresql.auto.conf`, read last: a `primary_conninfo` that `pg_basebackup -R` wrote
+        there (without an application name, so `walreceiver`, which no `synchronous_standby_names` names) and
+        settings this server got by ALTER SYSTEM would otherwise win."""
         standby = PostgresServer(self.bin_dir)
         self.run(
             "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER,
-            "-D", str(standby.data_dir), "-R", "-X", "stream", "--no-sync",
+            "-D", str(standby.data_dir), "-R", "-X", "stream", "-C", "-S", name, "--no-sync",
         )  # fmt: skip
-        standby.configure(
-            {
+        with open(standby.data_dir / "postgresql.auto.conf", "a") as conf:
+            for setting, value in {
                 "port": str(standby.port),
                 "unix_socket_directories": f"'{standby.socket_dir}'",
                 "primary_conninfo": f"'host=127.0.0.1 port={self.port} user={SUPERUSER} application_name={name}'",
-            }
-        )
+                "primary_slot_name": f"'{name}'",
+                "synchronous_standby_names": "''",
+            }.items():
+                conf.write(f"{setting} = {value}\n")
         standby.start()
         return standby
 
+    def replication_state(self, name: str = "standby") -> tuple[str, str] | None:
+        """(state, sync_state) of the standby `name` as this server sees it (`streaming`, `sync`...), or None
+        while it is not connected."""
+        row = self.sql(f"SELECT state, sync_state FROM pg_stat_replication WHERE application_name = '{name}'")
+        if not row:
+            return None
+        state, sync_state = row.split("|")
+        return state, sync_state
+
     def promote(self) -> None:
-        self.run("pg_ctl", "-D", str(self.data_dir), "-w", "promote")
+        """Ends this standby's recovery: it becomes a primary (read-write) once this returns."""
+        self.run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", str(START_TIMEOUT_SECONDS), "promote")
+        wait_until(lambda: self.sql("SELECT pg_is_in_recovery()") == "f", START_TIMEOUT_SECONDS, what="promotion")
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The fourth field of /proc/PID/stat, after the parenthesised command name (which may hold spaces).
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, dead but not reaped by its parent, counts as gone)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 @contextlib.contextmanager
