@@ -235,10 +235,15 @@ def test_a_connection_cut_after_commit_is_never_allowed_and_a_retry_is_a_repeat(
             before = proxy.flights
             await backend.check_and_record_block(PUBKEY, 2, root_of(2))
             round_trips = min(*costs, proxy.flights - before)
-            before = proxy.flights
-            await backend.check_and_record_attestations([(PUBKEY, 6, 7, root_of(7))])  # type: ignore[list-item]
-            batch_round_trips = proxy.flights - before
-            proxy.cut_after(b"COMMIT")
+            batch_costs = []
+            for epoch in range(6, 9):
+                before = proxy.flights
+                await backend.check_and_record_attestations(
+                    [(PUBKEY, epoch, epoch + 1, root_of(epoch + 1))]  # type: ignore[list-item]
+                )
+                batch_costs.append(proxy.flights - before)
+            batch_round_trips = min(batch_costs)
+            proxy.cut_commit_reply()
             with pytest.raises(BackendUnavailableError):
                 await backend.check_and_record_block(PUBKEY, 3, root_of(3))
             assert proxy.cuts == 1

@@ -1,6 +1,6 @@
 """A TCP proxy between the sidecar and PostgreSQL, for faults no real server makes on demand: cutting a
-connection right after the client sent COMMIT (the commit happens, its reply never arrives), and counting the
-round trips a decision costs (a client flight: the bytes a client sends after the server last spoke, a lone
+connection when the server's reply to a COMMIT passes (the commit happened, its reply never arrives), and
+counting the round trips a decision costs (a client flight: the bytes a client sends after the server last spoke, a lone
 pipeline Sync excepted, and probes of the watchdog left out)."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 
-__all__ = ["TcpProxy"]
+__all__ = ["COMMIT_COMPLETE", "TcpProxy"]
+
+COMMIT_COMPLETE = b"COMMIT\x00"
+"""The tag of the server's `CommandComplete` message for a COMMIT (NUL-terminated in the protocol)."""
 
 
 class TcpProxy:
@@ -34,10 +36,15 @@ class TcpProxy:
     def url(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
-    def cut_after(self, marker: bytes) -> None:
-        """The next client message containing `marker` is forwarded, then its connection is cut both ways."""
+    def cut_commit_reply(self) -> None:
+        """The next server reply holding a COMMIT's completion (its `CommandComplete` tag) is dropped, and that
+        connection cut both ways: the commit happened, the client never hears so.
+
+        Matched on the server's reply rather than on the client's `COMMIT`: a client that prepared its statements
+        (psycopg does after a few uses) no longer sends their text, but the server always names what completed.
+        """
         with self._lock:
-            self._cut_on = marker
+            self._cut_on = COMMIT_COMPLETE
 
     def close(self) -> None:
         self._closed = True
@@ -69,15 +76,7 @@ class TcpProxy:
                         self.flights += 1
                         self.flight_log.append(data[:60])
                     state["server_spoke"] = False
-                    cut = self._cut_on is not None and self._cut_on in data
-                    if cut:
-                        self._cut_on = None
-                        self.cuts += 1
-                        state["cut"] = True  # from now on nothing the server says reaches the client
                 server.sendall(data)
-                if cut:
-                    time.sleep(0.2)  # the server commits; its reply is never relayed
-                    break
         except OSError:
             pass
         for sock in (client, server):
@@ -90,8 +89,12 @@ class TcpProxy:
             while data := server.recv(65536):
                 with self._lock:
                     state["server_spoke"] = True
-                    if state.get("cut"):
-                        continue
+                    cut = self._cut_on is not None and self._cut_on in data
+                    if cut:
+                        self._cut_on = None
+                        self.cuts += 1
+                if cut:
+                    break  # the reply is never relayed; both ways are cut below
                 client.sendall(data)
         except OSError:
             pass
