@@ -1,7 +1,7 @@
 """A TCP proxy between the sidecar and PostgreSQL, for faults no real server makes on demand: cutting a
 connection when the server's reply to a COMMIT passes (the commit happened, its reply never arrives), and
-counting the round trips a decision costs (a client flight: the bytes a client sends after the server last spoke, a lone
-pipeline Sync excepted, and probes of the watchdog left out)."""
+counting the round trips a decision costs (a client flight: the bytes a client sends after the server last
+spoke, a lone pipeline Sync excepted, and probes of the watchdog left out)."""
 
 from __future__ import annotations
 
