@@ -26,7 +26,17 @@ from google.protobuf import __version__ as protobuf_version
 
 from benchmarks import postgres_server, sidecar_postgres, web3signer_peer
 from benchmarks.common import REPO_ROOT, ServerStartError
-from benchmarks.report import DISK, DURABLE_EMPTY, EMPTY, JSON_FLOOR, PEER, WEB3SIGNER, Cell, Results
+from benchmarks.report import (
+    DISK,
+    DURABLE_EMPTY,
+    EMPTY,
+    JSON_FLOOR,
+    PEER,
+    POSTGRES_FLOOR,
+    WEB3SIGNER,
+    Cell,
+    Results,
+)
 from benchmarks.scenarios import (
     FULL,
     QUICK,
@@ -58,7 +68,7 @@ HOT_PATH_FIGURES = [
 HISTORY_FIGURES = ["history.depth10", "history.depth1000", "history.ratio"]
 RESTART_FIGURES = ["restart.crash_s", "restart.clean_s"]
 INTERCHANGE_FIGURES = ["import.s", "export.s"]
-BASELINE_SYSTEMS = (EMPTY, DURABLE_EMPTY, PEER, WEB3SIGNER, DISK, JSON_FLOOR)
+BASELINE_SYSTEMS = (EMPTY, DURABLE_EMPTY, PEER, WEB3SIGNER, DISK, JSON_FLOOR, POSTGRES_FLOOR)
 
 
 def default_targets() -> tuple[list[str], str | None]:
@@ -320,7 +330,7 @@ async def run(args: argparse.Namespace) -> Results:
         if sidecar_postgres.TARGET in names:
             print(f"\n== sidecar on PostgreSQL (at {time.monotonic() - started:.0f} s)", flush=True)
             await sidecar_postgres.measure_sidecar_on_postgres(
-                results, postgres, settings, work / sidecar_postgres.TARGET, plan or LoadPlan(1, 1)
+                results, postgres, settings, work / sidecar_postgres.TARGET, plan or LoadPlan(1, 1), document
             )
     finally:
         if postgres is not None:

@@ -14,15 +14,21 @@ Two shapes of load:
 
 With several processes, lanes are dealt round-robin to processes spawned fresh for the scenario; they start
 together at a go time on the system-wide monotonic clock, which ``time.monotonic`` reads on Linux.
+
+Several servers (replicas sharing one database): :func:`drive_many` deals the lanes round-robin over their
+addresses, lane ``i`` to address ``i % n``, whichever process runs it. A lane owns its validators, so each
+validator is always decided by the same replica, as when each validator client talks to one replica. With one
+address it is :func:`drive`, call for call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -120,8 +126,10 @@ class LoadSummary:
     problem: str | None
     capped: bool = False
     wall_s: float = 0.0  # go signal to last answer
-    server_cores: float | None = None  # CPU of the server process while the load ran
+    server_cores: float | None = None  # CPU of the server process(es) while the load ran, summed
     other_cores: float | None = None  # CPU of everything else on the machine meanwhile: the noise
+    server_cores_each: tuple[float, ...] = ()  # per server process, when there are several (drive_many)
+    database_cores: float | None = None  # CPU of the database server's processes, when watched (drive_many)
 
     @property
     def calls_per_s(self) -> float:
@@ -201,15 +209,27 @@ async def _closed_loop_lane(
         rounds += 1
 
 
-async def run_closed_loop_part(address: str, spec: ClosedLoop, proc: int, procs: int, go: float) -> Part:
+@contextlib.asynccontextmanager
+async def _stubs(addresses: Sequence[str]) -> AsyncIterator[list[signing_pb2_grpc.SlashingProtectionServiceStub]]:
+    """One connected channel per address; lane ``i`` uses the stub of address ``i % len(addresses)``."""
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = []
+        for address in addresses:
+            channel = await stack.enter_async_context(open_channel(address))
+            await channel.channel_ready()
+            stubs.append(signing_pb2_grpc.SlashingProtectionServiceStub(channel))
+        yield stubs
+
+
+async def run_closed_loop_part(
+    addresses: Sequence[str], spec: ClosedLoop, proc: int, procs: int, go: float
+) -> Part:
     part = Part(go=go, window_start=go + spec.warmup_s, window_end=go + spec.warmup_s + spec.duration_s)
     lanes = range(proc, spec.lanes, procs)
-    async with open_channel(address) as channel:
-        await channel.channel_ready()
-        stub = signing_pb2_grpc.SlashingProtectionServiceStub(channel)
+    async with _stubs(addresses) as stubs:
         await asyncio.sleep(max(0.0, go - time.monotonic()))
         cpu0 = time.process_time()
-        await asyncio.gather(*(_closed_loop_lane(stub, spec, lane, part) for lane in lanes))
+        await asyncio.gather(*(_closed_loop_lane(stubs[lane % len(stubs)], spec, lane, part) for lane in lanes))
         part.cpu_s = time.process_time() - cpu0
     return part
 
@@ -225,7 +245,7 @@ def _burst_batches(
     return prepared
 
 
-async def run_burst_part(address: str, spec: Burst, proc: int, procs: int, go: float) -> Part:
+async def run_burst_part(addresses: Sequence[str], spec: Burst, proc: int, procs: int, go: float) -> Part:
     part = Part(go=go, window_start=go)
     queue = collections.deque(_burst_batches(spec, proc, procs))  # built before the go: not timed
     lanes = spec.in_flight // procs + (1 if proc < spec.in_flight % procs else 0)
@@ -248,12 +268,14 @@ async def run_burst_part(address: str, spec: Burst, proc: int, procs: int, go: f
             part.decisions.append(len(response.decisions))
             part.latencies.append(ended - started)
 
-    async with open_channel(address) as channel:
-        await channel.channel_ready()
-        stub = signing_pb2_grpc.SlashingProtectionServiceStub(channel)
+    async with _stubs(addresses) as stubs:
         await asyncio.sleep(max(0.0, go - time.monotonic()))
         cpu0 = time.process_time()
-        tasks = [asyncio.ensure_future(lane(stub)) for _ in range(max(1, lanes))]
+        # This process's lanes are global lanes proc, proc + procs, ...: spread over the addresses like those.
+        tasks = [
+            asyncio.ensure_future(lane(stubs[(proc + index * procs) % len(stubs)]))
+            for index in range(max(1, lanes))
+        ]
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, go + spec.cap_s - time.monotonic()))
         if pending:
             part.capped = True
@@ -264,22 +286,26 @@ async def run_burst_part(address: str, spec: Burst, proc: int, procs: int, go: f
     return part
 
 
-async def _run_part(address: str, spec: ClosedLoop | Burst, proc: int, procs: int, go: float) -> Part:
+async def _run_part(addresses: Sequence[str], spec: ClosedLoop | Burst, proc: int, procs: int, go: float) -> Part:
     if isinstance(spec, ClosedLoop):
-        return await run_closed_loop_part(address, spec, proc, procs, go)
-    return await run_burst_part(address, spec, proc, procs, go)
+        return await run_closed_loop_part(addresses, spec, proc, procs, go)
+    return await run_burst_part(addresses, spec, proc, procs, go)
+
+
+async def _connect_all(addresses: Sequence[str]) -> None:
+    async with _stubs(addresses):
+        pass
 
 
 # --- several processes -------------------------------------------------------------------------------------------
 
 
-def _worker(conn: Connection, address: str, spec: ClosedLoop | Burst, proc: int, procs: int) -> None:
+def _worker(conn: Connection, addresses: Sequence[str], spec: ClosedLoop | Burst, proc: int, procs: int) -> None:
     async def main() -> Part:
-        async with open_channel(address) as channel:  # connect (and import everything) before the go
-            await channel.channel_ready()
+        await _connect_all(addresses)  # connect (and import everything) before the go
         conn.send("ready")
         go = await asyncio.to_thread(conn.recv)
-        return await _run_part(address, spec, proc, procs, go)
+        return await _run_part(addresses, spec, proc, procs, go)
 
     try:
         conn.send(asyncio.run(main()))
@@ -304,33 +330,51 @@ async def _recv(conn: Connection, timeout_s: float) -> object:
     return await asyncio.to_thread(receive)
 
 
+PidSource = Callable[[], Iterable[int]]  # the processes of a server that forks (a database), as of now
+
+
+@dataclass
+class _Watch:
+    """Whose CPU a load run reports besides the machine's: the servers, and a database's processes."""
+
+    server_pids: Sequence[int] = ()
+    database_pids: PidSource | None = None
+
+
 @dataclass
 class _Sample:
     at: float
     busy: float
-    server: float | None
+    servers: list[float | None]
+    database: dict[int, float] | None  # CPU seconds per process of the database server, at this sample
 
     @staticmethod
-    def take(server_pid: int | None) -> _Sample:
-        server = process_cpu_seconds(server_pid) if server_pid is not None else None
-        return _Sample(time.monotonic(), machine_busy_seconds(), server)
+    def take(watch: _Watch) -> _Sample:
+        servers = [process_cpu_seconds(pid) for pid in watch.server_pids]
+        database = None
+        if watch.database_pids is not None:
+            database = {}
+            for pid in watch.database_pids():
+                seconds = process_cpu_seconds(pid)
+                if seconds is not None:
+                    database[pid] = seconds
+        return _Sample(time.monotonic(), machine_busy_seconds(), servers, database)
 
 
 async def _run_parts(
-    address: str, spec: ClosedLoop | Burst, procs: int, server_pid: int | None
+    addresses: Sequence[str], spec: ClosedLoop | Burst, procs: int, watch: _Watch
 ) -> tuple[list[Part], _Sample, _Sample]:
     """Runs the load and samples the machine's CPU counters at the go and after the last answer."""
     if procs == 1:
-        async with open_channel(address) as channel:
-            await channel.channel_ready()
-        before = _Sample.take(server_pid)
-        part = await _run_part(address, spec, 0, 1, time.monotonic() + 0.02)
-        return [part], before, _Sample.take(server_pid)
+        await _connect_all(addresses)
+        before = _Sample.take(watch)
+        part = await _run_part(addresses, spec, 0, 1, time.monotonic() + 0.02)
+        return [part], before, _Sample.take(watch)
     context = multiprocessing.get_context("spawn")  # gRPC does not survive fork
     workers = []
     for proc in range(procs):
         parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(child, address, spec, proc, procs), daemon=True)
+        process = context.Process(target=_worker, args=(child, tuple(addresses), spec, proc, procs), daemon=True)
         process.start()
         child.close()
         workers.append((process, parent))
@@ -343,14 +387,14 @@ async def _run_parts(
         for _, conn in workers:
             conn.send(go)
         await asyncio.sleep(max(0.0, go - time.monotonic()))
-        before = _Sample.take(server_pid)
+        before = _Sample.take(watch)
         parts = []
         for _, conn in workers:
             answer = await _recv(conn, _expected_duration(spec) + 30.0)
             if not isinstance(answer, Part):
                 raise RuntimeError(str(answer))
             parts.append(answer)
-        return parts, before, _Sample.take(server_pid)
+        return parts, before, _Sample.take(watch)
     finally:
         for process, conn in workers:
             conn.close()
@@ -392,18 +436,53 @@ async def drive(
 
     With ``server_pid``, also reports the server's CPU and everything else's while the load ran.
     """
+    return await drive_many([address], spec, procs=procs, server_pids=() if server_pid is None else [server_pid])
+
+
+async def drive_many(
+    addresses: Sequence[str],
+    spec: ClosedLoop | Burst,
+    *,
+    procs: int = 1,
+    server_pids: Sequence[int] = (),
+    database_pids: PidSource | None = None,
+) -> LoadSummary:
+    """Runs ``spec`` against the servers at ``addresses``, lane ``i`` on address ``i % len(addresses)``, from
+    ``procs`` client processes (1: this process).
+
+    With ``server_pids``, also reports those processes' CPU (summed, and each when there are several); with
+    ``database_pids``, the CPU of the processes it lists (asked at the go and after the last answer: a database
+    forks a process per connection); and everything else's while the load ran.
+    """
+    if not addresses:
+        raise ValueError("no address to drive")
     if isinstance(spec, ClosedLoop):
         procs = max(1, min(procs, spec.lanes))
     else:
         procs = max(1, min(procs, spec.in_flight, spec.batches))
-    parts, before, after = await _run_parts(address, spec, procs, server_pid)
+    watch = _Watch(server_pids, database_pids)
+    parts, before, after = await _run_parts(addresses, spec, procs, watch)
     summary = _merge(parts, procs)
     elapsed = after.at - before.at
     if elapsed > 0:
+        each = [
+            None if start is None or end is None else (end - start) / elapsed
+            for start, end in zip(before.servers, after.servers, strict=True)
+        ]
         server = None
-        if before.server is not None and after.server is not None:
-            server = (after.server - before.server) / elapsed
+        if each and all(cores is not None for cores in each):
+            known = [cores for cores in each if cores is not None]
+            server = sum(known)
             summary.server_cores = server
+            if len(known) > 1:
+                summary.server_cores_each = tuple(known)
+        database = None
+        if before.database is not None and after.database is not None:
+            # A process born during the run counts from zero; one that ended is lost (rare: pools keep theirs).
+            database = sum(max(0.0, end - before.database.get(pid, 0.0)) for pid, end in after.database.items())
+            database /= elapsed
+            summary.database_cores = database
         client = sum(part.cpu_s for part in parts) / elapsed
-        summary.other_cores = max(0.0, (after.busy - before.busy) / elapsed - client - (server or 0.0))
+        busy = (after.busy - before.busy) / elapsed
+        summary.other_cores = max(0.0, busy - client - (server or 0.0) - (database or 0.0))
     return summary

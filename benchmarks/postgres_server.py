@@ -140,10 +140,35 @@ class PostgresServer:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def pids(self) -> list[int]:
+        """The server's processes right now: the postmaster and its children (one backend per connection, the WAL
+        writer, the checkpointer...); empty when it is not running. For the CPU table."""
+        try:
+            postmaster = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return []
+        return [postmaster, *_children(postmaster)]
+
     def stop(self) -> None:
         """Stops the server (fast shutdown: open sessions are ended). Safe to call twice."""
         if (self.data_dir / "postmaster.pid").exists():
             self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w")
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` right now (from ``/proc/*/stat``)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        # The command name (field 2) may hold spaces and parentheses: split after its closing parenthesis.
+        if int(stat_line[stat_line.rindex(")") + 2 :].split()[1]) == parent:
+            children.append(int(entry.name))
+    return children
 
 
 def start_postgres(directory: Path, *, port: int | None = None) -> PostgresServer:

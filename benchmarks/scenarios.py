@@ -29,7 +29,7 @@ from benchmarks.common import (
     wait_until_idle,
 )
 from benchmarks.interchange_docs import HistorySet, count_validators, write_keys_document
-from benchmarks.load import Burst, ClosedLoop, LoadSummary, drive
+from benchmarks.load import Burst, ClosedLoop, LoadSummary, drive, drive_many
 from benchmarks.report import DISK, JSON_FLOOR, PEER, Cell, CpuRow, Results
 from benchmarks.targets import Target
 from slashing_protection.v1 import admin_pb2, admin_pb2_grpc
@@ -144,7 +144,9 @@ def _describe_problem(summary: LoadSummary) -> str:
     return ", ".join(parts) + (f"; first: {summary.problem}" if summary.problem else "")
 
 
-def _cell(value: float, summary: LoadSummary, *, lower_bound: bool = False, note: str = "") -> Cell:
+def load_cell(value: float, summary: LoadSummary, *, lower_bound: bool = False, note: str = "") -> Cell:
+    """A figure measured under ``summary``'s load: "invalid" (with the first problem) unless every call was
+    answered and allowed."""
     if summary.clean:
         return Cell(value, lower_bound=lower_bound, note=note)
     return Cell(value, status="invalid", lower_bound=lower_bound, note=_describe_problem(summary))
@@ -189,26 +191,38 @@ class TargetRun:
         return self.target.system
 
     async def drive(self, scenario: str, spec: ClosedLoop | Burst, procs: int) -> LoadSummary:
-        """Drives ``spec`` and notes the CPU of client, server and everything else during it."""
-        summary = await drive(self.server.address, spec, procs=procs, server_pid=self.server.pid)
-        if isinstance(spec, Burst):
-            rate = f"{summary.decisions:,} in {summary.wall_s:.3f} s"
-        elif spec.batch_size > 1:
-            rate = f"{summary.decisions_per_s:,.0f} decisions/s"
-        else:
-            rate = f"{summary.calls_per_s:,.0f} calls/s"
-        self.results.cpu.append(
-            CpuRow(
-                self.system,
-                scenario,
-                summary.client_procs,
-                summary.client_cores,
-                summary.server_cores,
-                summary.other_cores,
-                rate,
-            )
+        """Drives ``spec`` and notes the CPU of client, server (and its database server, if any) and everything
+        else during it."""
+        summary = await drive_many(
+            [self.server.address],
+            spec,
+            procs=procs,
+            server_pids=[self.server.pid],
+            database_pids=self.target.database_pids(),
         )
+        self.results.cpu.append(cpu_row(self.system, scenario, spec, summary))
         return summary
+
+
+def cpu_row(system: str, scenario: str, spec: ClosedLoop | Burst, summary: LoadSummary) -> CpuRow:
+    """The CPU table's row for one load run."""
+    if isinstance(spec, Burst):
+        rate = f"{summary.decisions:,} in {summary.wall_s:.3f} s"
+    elif spec.batch_size > 1:
+        rate = f"{summary.decisions_per_s:,.0f} decisions/s"
+    else:
+        rate = f"{summary.calls_per_s:,.0f} calls/s"
+    return CpuRow(
+        system,
+        scenario,
+        summary.client_procs,
+        summary.client_cores,
+        summary.server_cores,
+        summary.other_cores,
+        rate,
+        summary.server_cores_each,
+        summary.database_cores,
+    )
 
 
 # --- floors ------------------------------------------------------------------------------------------------------
@@ -317,26 +331,47 @@ async def calibrate_client(run: TargetRun, max_procs: int) -> LoadPlan:
 # --- the hot path ------------------------------------------------------------------------------------------------
 
 
+# The hot path's load shapes, the same for every system (the sidecar-on-PostgreSQL rows use them too).
+UNARY_SCENARIO = "unary, 64 in flight"
+BATCH_SCENARIO = "batches of 100, 8 in flight"
+SINGLE_SCENARIO = "one caller"
+
+
+def unary_load(keys: KeyRanges, settings: Settings) -> ClosedLoop:
+    """64 callers, one call each in flight, 64 validators per caller."""
+    return ClosedLoop("unary", 64, 1, 64, keys.take(64 * 64), 1, settings.warmup_s, settings.duration_s)
+
+
+def batch_load(keys: KeyRanges, settings: Settings) -> ClosedLoop:
+    """8 batches of 100 in flight over 16,000 validators: the history each one gathers during the run stays
+    shallow."""
+    groups = 20
+    return ClosedLoop(
+        "batch", 8, BATCH, groups, keys.take(8 * groups * BATCH), 1, settings.warmup_s, settings.duration_s
+    )
+
+
+def single_load(keys: KeyRanges, settings: Settings) -> ClosedLoop:
+    """One caller, one decision at a time."""
+    return ClosedLoop("unary", 1, 1, 64, keys.take(64), 1, settings.warmup_s / 2, settings.single_s)
+
+
 async def _unary(run: TargetRun) -> None:
     settings = run.settings
-    spec = ClosedLoop("unary", 64, 1, 64, run.keys.take(64 * 64), 1, settings.warmup_s, settings.duration_s)
+    spec = unary_load(run.keys, settings)
     await register_validators(run.server.address, pubkeys(spec.first_validator, spec.validators))
-    summary = await run.drive("unary, 64 in flight", spec, run.plan.unary_procs)
-    run.results.record("unary.calls_per_s", run.system, _cell(summary.calls_per_s, summary))
-    run.results.record("unary.p50", run.system, _cell(summary.p50_s, summary))
-    run.results.record("unary.p99", run.system, _cell(summary.p99_s, summary))
+    summary = await run.drive(UNARY_SCENARIO, spec, run.plan.unary_procs)
+    run.results.record("unary.calls_per_s", run.system, load_cell(summary.calls_per_s, summary))
+    run.results.record("unary.p50", run.system, load_cell(summary.p50_s, summary))
+    run.results.record("unary.p99", run.system, load_cell(summary.p99_s, summary))
 
 
 async def _batches(run: TargetRun) -> None:
-    settings = run.settings
-    groups = 20  # 16,000 validators: the history each one gathers during the run stays shallow
-    spec = ClosedLoop(
-        "batch", 8, BATCH, groups, run.keys.take(8 * groups * BATCH), 1, settings.warmup_s, settings.duration_s
-    )
+    spec = batch_load(run.keys, run.settings)
     await register_validators(run.server.address, pubkeys(spec.first_validator, spec.validators))
-    summary = await run.drive("batches of 100, 8 in flight", spec, run.plan.batch_procs)
-    run.results.record("batch.decisions_per_s", run.system, _cell(summary.decisions_per_s, summary))
-    run.results.record("batch.p99", run.system, _cell(summary.p99_s, summary))
+    summary = await run.drive(BATCH_SCENARIO, spec, run.plan.batch_procs)
+    run.results.record("batch.decisions_per_s", run.system, load_cell(summary.decisions_per_s, summary))
+    run.results.record("batch.p99", run.system, load_cell(summary.p99_s, summary))
 
 
 def probe_fsync(directory: Path, settings: Settings) -> disk_floor.SyncFigures:
@@ -352,12 +387,12 @@ async def _single(run: TargetRun) -> None:
     settings = run.settings
     probe = await asyncio.to_thread(probe_fsync, run.data_dir.parent, settings)
     run.results.record("probe.single.fsync_p50", run.system, Cell(probe.p50_s, note=f"{probe.appends:,} appends"))
-    spec = ClosedLoop("unary", 1, 1, 64, run.keys.take(64), 1, settings.warmup_s / 2, settings.single_s)
+    spec = single_load(run.keys, settings)
     await register_validators(run.server.address, pubkeys(spec.first_validator, spec.validators))
-    summary = await run.drive("one caller", spec, 1)
+    summary = await run.drive(SINGLE_SCENARIO, spec, 1)
     note = f"{summary.calls:,} calls"
-    run.results.record("single.p50", run.system, _cell(summary.p50_s, summary, note=note))
-    run.results.record("single.p99", run.system, _cell(summary.p99_s, summary))
+    run.results.record("single.p50", run.system, load_cell(summary.p50_s, summary, note=note))
+    run.results.record("single.p99", run.system, load_cell(summary.p99_s, summary))
 
 
 async def _burst(run: TargetRun) -> None:
@@ -366,13 +401,13 @@ async def _burst(run: TargetRun) -> None:
     await register_validators(run.server.address, pubkeys(spec.first_validator, spec.count))
     summary = await run.drive(f"slot burst, {spec.in_flight} in flight", spec, run.plan.batch_procs)
     if not summary.capped:
-        run.results.record("burst.wall_s", run.system, _cell(summary.wall_s, summary))
+        run.results.record("burst.wall_s", run.system, load_cell(summary.wall_s, summary))
         return
     rate = summary.decisions / summary.wall_s if summary.wall_s > 0 else 0.0
     estimate = f"; at that rate all would take ≈ {SLOT_BURST / rate:.1f} s" if rate > 0 else ""
     note = f"capped at {settings.burst_cap_s:g} s: {summary.decisions:,} of {SLOT_BURST:,} answered{estimate}"
     run.results.record(
-        "burst.wall_s", run.system, _cell(settings.burst_cap_s, summary, lower_bound=True, note=note)
+        "burst.wall_s", run.system, load_cell(settings.burst_cap_s, summary, lower_bound=True, note=note)
     )
     await wait_until_idle(run.server.pid, timeout_s=5.0)  # calls cancelled by the cap may still hold it
 
@@ -474,10 +509,10 @@ async def measure_history(run: TargetRun) -> None:
         f"1,000 → ≤ {deepest:,}; pre-fill took {prefill_s:.1f} s"
     )
     reference = next((summary for summary in summaries if not summary.clean), summaries[-1])
-    run.results.record("history.depth10", run.system, _cell(rate[HISTORY_SHALLOW], reference, note=note))
-    run.results.record("history.depth1000", run.system, _cell(rate[HISTORY_DEEP], reference))
+    run.results.record("history.depth10", run.system, load_cell(rate[HISTORY_SHALLOW], reference, note=note))
+    run.results.record("history.depth1000", run.system, load_cell(rate[HISTORY_DEEP], reference))
     ratio = rate[HISTORY_DEEP] / rate[HISTORY_SHALLOW] if rate[HISTORY_SHALLOW] > 0 else math.nan
-    run.results.record("history.ratio", run.system, _cell(ratio, reference))
+    run.results.record("history.ratio", run.system, load_cell(ratio, reference))
 
 
 def measure_in_process_peer(results: Results, directory: Path, settings: Settings) -> None:

@@ -31,6 +31,7 @@ from benchmarks.common import (
     subprocess_env,
 )
 from benchmarks.interchange_docs import HistorySet, history_document
+from benchmarks.load import PidSource
 from benchmarks.report import DURABLE_EMPTY, EMPTY, PEER, SIDECAR, WEB3SIGNER
 from slashing_protection.v1 import interchange_pb2, interchange_pb2_grpc
 
@@ -81,6 +82,11 @@ class Target:
 
     def import_argv(self, file: Path, data_dir: Path) -> list[str] | None:
         """The command that imports ``file`` into ``data_dir`` offline; None when the system has none."""
+        return None
+
+    def database_pids(self) -> PidSource | None:
+        """The processes of the database server this system decides through, for the CPU table; None when it
+        has none (its CPU is then the server process's alone)."""
         return None
 
     def export_argv(self, file: Path, data_dir: Path) -> list[str] | None:
@@ -178,6 +184,9 @@ class Web3SignerTarget(Target):
         if create and data_dir not in self._databases:
             self._databases[data_dir] = self.postgres.create_database(self.database_name(data_dir))
         return self.postgres.url(self.database_name(data_dir))
+
+    def database_pids(self) -> PidSource | None:
+        return None if self.postgres is None else self.postgres.pids
 
     def serve_argv(self, data_dir: Path, *, restart_scenario: bool) -> list[str]:
         return python_module_argv(

@@ -3,9 +3,7 @@ a double vote, a surround (both ways) and a double block, and allows the honest 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,23 +18,8 @@ KEY = pubkey(7)
 
 
 @pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An empty database on a PostgreSQL server of its own; skips outside CI, fails in CI, when it cannot start."""
-    reason = postgres_server.unavailable_reason()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run this test")
-        pytest.skip(reason)
-    # Under the repository's work directory, not /tmp: its parents must be traversable by the postgres user.
-    directory = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "tmp" / f"test-pg-{os.getpid()}"
-    server = postgres_server.start_postgres(directory)
-    try:
-        yield server.create_database("web3signer_test")
-    finally:
-        server.stop()
-        import shutil
-
-        shutil.rmtree(directory, ignore_errors=True)
+def database_url(benchmark_postgres: postgres_server.PostgresServer) -> str:
+    return benchmark_postgres.create_database("web3signer_test")
 
 
 @pytest.fixture(scope="module")
