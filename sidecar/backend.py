@@ -19,6 +19,11 @@ The contract every backend keeps (the servicers rely on it and on nothing else):
 * **Linearizable per validator**: two concurrent conflicting requests for one key never both get ALLOWED.
 * **Fail closed**: any doubt raises; no path answers ALLOWED by default.
 * Imports are all or nothing and only ever add protection; floors only rise (see `sidecar.history`).
+* **One high watermark for the whole database** (`sidecar.rules.HighWatermark`), passed to the rules with every
+  decision. Setting or removing it is durable before the call returns, and every decision that starts after it
+  has returned sees it, on every process serving the database (no cached copy may be stale). A decision taken
+  under the old value is recorded, durably if allowed, before a Set returns, so that an export taken once a Set
+  has returned holds every message the old value let through.
 
 Methods are coroutines for the event loop of the gRPC server. A backend runs blocking work (fsync, a database
 round trip, an import's parsing) where it does not stall that loop, or bounds how long it may.
@@ -35,12 +40,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 from sidecar.audit import DecisionRecord
-from sidecar.rules import Decision
+from sidecar.domain import SLOTS_PER_EPOCH
+from sidecar.errors import InvalidRequestError
+from sidecar.rules import Decision, HighWatermark
 
 if TYPE_CHECKING:
     from sidecar.store import StoreOptions
 
 __all__ = [
+    "HIGH_WATERMARK_LIMIT",
     "SUMMARY_BOUNDS",
     "SUMMARY_COUNTS",
     "AttestationRequest",
@@ -55,6 +63,7 @@ __all__ = [
     "ValidatorImportOutcome",
     "ValidatorSummary",
     "open_backend",
+    "valid_high_watermark",
 ]
 
 
@@ -125,6 +134,28 @@ SUMMARY_BOUNDS = (
 )
 
 
+# A high watermark's slot and epoch stay below 2^63: PostgreSQL's BIGINT is signed, and a watermark compares by
+# range (unlike the records, stored with their u64 bits; see sidecar.postgres.schema). Far beyond any real chain.
+HIGH_WATERMARK_LIMIT = 2**63
+
+
+def valid_high_watermark(slot: int, epoch: int) -> HighWatermark:
+    """The watermark an operator asked for, once checked; raises InvalidRequestError (naming the value) for one no
+    backend can hold or no chain can have. Every backend's `set_high_watermark` calls it, so both refuse alike."""
+    for name, value in (("slot", slot), ("epoch", epoch)):
+        if not 0 <= value < HIGH_WATERMARK_LIMIT:
+            raise InvalidRequestError(
+                f"high watermark {name} {value} is out of range: it must be at least 0 and below 2^63 "
+                f"({HIGH_WATERMARK_LIMIT - 1} at most)"
+            )
+    if slot < epoch:
+        raise InvalidRequestError(
+            f"high watermark slot {slot} is below its epoch {epoch}: every epoch has at least one slot, so the "
+            f"first slot of epoch {epoch} is at least {epoch} (slot {epoch * SLOTS_PER_EPOCH} on mainnet)"
+        )
+    return HighWatermark(slot, epoch)
+
+
 @dataclass(frozen=True, slots=True)
 class ValidatorSummary:
     pubkey: bytes
@@ -165,6 +196,7 @@ class StartupReport:
     replayed_records: int = 0
     repaired_torn_tail: bool = False
     problems: tuple[str, ...] = ()
+    high_watermark: HighWatermark | None = None
 
 
 class Backend(Protocol):
@@ -229,6 +261,20 @@ class Backend(Protocol):
 
     def decisions(self, pubkey: bytes | None = None, since_sequence: int = 0) -> AsyncIterator[DecisionRecord]:
         """Every recorded decision still held (the audit trail), oldest first, durable ones only."""
+        ...
+
+    async def set_high_watermark(self, slot: int, epoch: int) -> HighWatermark:
+        """Sets the global high watermark, replacing any in force (it may move either way); returns it once durable
+        (see the module doc). Raises InvalidRequestError, changing nothing, for values `valid_high_watermark`
+        refuses."""
+        ...
+
+    async def high_watermark(self) -> HighWatermark | None:
+        """The high watermark in force; None when there is none."""
+        ...
+
+    async def remove_high_watermark(self) -> None:
+        """Removes the high watermark (nothing to remove is not an error); returns once durable."""
         ...
 
     async def save_checkpoint(self) -> CheckpointInfo:

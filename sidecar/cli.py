@@ -228,6 +228,33 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint = commands.add_parser("checkpoint", help="ask a running server to write a checkpoint now")
     _option(checkpoint, "--server", required=True, help="HOST:PORT")
     _tls_client_options(checkpoint)
+
+    watermark = commands.add_parser(
+        "watermark",
+        help="the global high watermark: no key signs at or beyond it (set, show, remove)",
+        description="The global high watermark: while one is set, no key signs a block at or beyond its slot, "
+        "nor an attestation with a source or target epoch at or beyond its epoch. Stop an old cluster at epoch N "
+        "with it, then start the new one at N (docs/high-availability.md).",
+    )
+    actions = watermark.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    watermark_set = actions.add_parser("set", help="set it (replacing any), durably, on every replica at once")
+    _option(
+        watermark_set,
+        "--epoch",
+        type=int,
+        required=True,
+        help="refuse attestations with a source or target epoch at or beyond this epoch",
+    )
+    _option(
+        watermark_set,
+        "--slot",
+        type=int,
+        help="refuse blocks at or beyond this slot (default: EPOCH * 32, mainnet's slots per epoch, the first "
+        "slot of EPOCH; Gnosis has 16 slots per epoch: pass --slot EPOCH*16 there)",
+    )
+    _target_options(watermark_set)
+    _target_options(actions.add_parser("show", help="print the watermark in force"))
+    _target_options(actions.add_parser("remove", help="remove it: signing is no longer stopped at one"))
     return parser
 
 
@@ -683,6 +710,64 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_watermark(args: argparse.Namespace) -> int:
+    from sidecar.vocabulary import describe_high_watermark
+
+    _require_target(args)
+    action = args.action
+    slot = epoch = 0
+    if action == "set":
+        from sidecar.backend import HIGH_WATERMARK_LIMIT
+        from sidecar.domain import SLOTS_PER_EPOCH
+        from sidecar.errors import InvalidRequestError
+
+        epoch = int(args.epoch)
+        slot = epoch * SLOTS_PER_EPOCH if args.slot is None else int(args.slot)
+        if epoch < 0 or slot < 0:
+            raise ConfigurationError("--epoch and --slot must not be negative")
+        if args.slot is None and slot >= HIGH_WATERMARK_LIMIT:
+            # Said here: the slot it derived is not one the operator typed.
+            raise InvalidRequestError(
+                f"--epoch {epoch}: its first slot, {slot}, is not below 2^63 (the largest high watermark); give "
+                "a smaller --epoch, or --slot"
+            )
+    if args.server:
+        with _client(args) as client:
+            if action == "set":
+                high_watermark = client.set_high_watermark(slot, epoch)
+            elif action == "remove":
+                client.remove_high_watermark()
+                high_watermark = None
+            else:
+                high_watermark = client.high_watermark()
+    elif args.database_url:
+
+        async def work(backend: Any) -> Any:
+            if action == "set":
+                return await backend.set_high_watermark(slot, epoch)
+            if action == "remove":
+                return await backend.remove_high_watermark()
+            return await backend.high_watermark()
+
+        high_watermark = _on_database(args, None, work)
+    else:
+        from sidecar.backend import valid_high_watermark
+
+        with _offline_store(Path(args.data_dir), None, writes=action != "show") as store:
+            if action == "show":
+                high_watermark = store.high_watermark
+            else:
+                high_watermark = valid_high_watermark(slot, epoch) if action == "set" else None
+                store.log.wait_durable(store.record_high_watermark(high_watermark))
+    if action == "set":
+        print(f"set the {describe_high_watermark(high_watermark)}")
+    elif action == "remove":
+        print("removed the high watermark: signing is no longer stopped at one")
+    else:
+        print(describe_high_watermark(high_watermark))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "import": cmd_import,
@@ -694,6 +779,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "summary": cmd_summary,
     "register": cmd_register,
     "checkpoint": cmd_checkpoint,
+    "watermark": cmd_watermark,
 }
 
 

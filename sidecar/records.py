@@ -25,18 +25,21 @@ type   name                    payload
                                attestations:u32, then per block slot:u64 root_known:u8 root[32] (slots strictly
                                increasing), then targets:u64[n] sources:u64[n] root_known:u8[n] roots:32[n]
                                ordered by (target, source), no pair twice
+7      HIGH_WATERMARK          present:u8 slot:u64 epoch:u64 (present 0: the watermark was removed; slot and
+                               epoch are then 0)
 =====  ======================  =============================================================================
 
 `reason` is the `Reason` number; the verdict follows from it (reasons 1 and 2 allow). `strategy` is 0 for
 complete, 1 for minimal (the history is minified after the records are merged).
 
-An import is its import records (type 4 or 6), one per validator, followed by its IMPORT_COMMIT: replay applies
-it only at the commit, so an import cut short by a crash is not applied at all. The commit applies the last
-`validators` import records before it. Decisions and registrations may come between them (the records are written
-before the commit without stopping signing), but never another import's records or a checkpoint boundary: the
-store runs one import at a time and takes no checkpoint while one is being written. Import records before the
-last `validators` are the remains of an import that a crash cut short, and are dropped; so are import records
-that no commit follows. (v0.1 wrote an import as one run, records and commit together, which this reads the same.)
+An import is its import records (type 4 or 6), one per validator, followed by its IMPORT_COMMIT: replay applies it
+only at the commit, so an import cut short by a crash is not applied at all. The commit applies the last
+`validators` import records before it. Decisions, registrations and high watermarks may come between them (the
+records are written before the commit without stopping signing), but never another import's records or a checkpoint
+boundary: the store runs one import at a time and takes no checkpoint while one is being written. Import records
+before the last `validators` are the remains of an import that a crash cut short, and are dropped; so are import
+records that no commit follows. (v0.1 wrote an import as one run, records and commit together, which this reads the
+same.)
 
 Type 6 replaced type 4 when imports began to prune each validator's records to the history window while reading
 the document (sidecar.history.StagedHistory), so that a file of any length is held as about a window of records
@@ -47,9 +50,21 @@ values as in the checkpoint body: a floor whose bit is clear is "none", and its 
 as if its records were staged the same way, without floors, which is what its records meant. The attestation
 arrays are laid out as in checkpoints, so a large import encodes and replays at C speed.
 
-Checkpoint body (version 1 of this layout; the checkpoint container carries its own format version):
+A HIGH_WATERMARK record sets the global high watermark (`sidecar.rules.HighWatermark`) to its value, replacing
+any before it, or removes it: replay keeps the last one, and a checkpoint carries the value in force at its
+sequence. A sidecar older than the type (0.2.0) refuses to open a directory whose log holds one, naming the
+record and its type.
 
-    body_version:u8  validators:u64  then per validator:
+Checkpoint body (the checkpoint container carries its own format version):
+
+    version 1:  body_version:u8 (1)  validators:u64  then the validators
+    version 2:  body_version:u8 (2)  validators:u64  high_watermark_slot:u64 high_watermark_epoch:u64
+                then the validators
+
+Version 2 is version 1 with the high watermark in force at the checkpoint's sequence; a body is written as
+version 1 when no watermark is in force, so a directory that never sets one stays readable by 0.2.0, which knows
+version 1 only (and refuses version 2 naming it). Each validator:
+
       pubkey[48] applied_sequence:u64 allowed_count:u64 refused_count:u64
       floors_present:u8 (bit 0 slot, bit 1 source, bit 2 target) slot_floor:u64 source_floor:u64 target_floor:u64
       last_decision_type:u8 (0 = none) last_decision_sequence:u64 last_decision_length:u32
@@ -71,12 +86,14 @@ from dataclasses import dataclass
 
 from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
 from sidecar.history import EPOCH_FLOOR_NONE, SLOT_FLOOR_NONE, SOURCE_FLOOR_NONE, ValidatorHistory
-from sidecar.rules import Reason
+from sidecar.rules import HighWatermark, Reason
 from sidecar.storage import MAX_PAYLOAD_SIZE
 
 __all__ = [
     "ATTESTATION_DECISION",
     "BLOCK_DECISION",
+    "CHECKPOINT_BODY_VERSION",
+    "HIGH_WATERMARK",
     "IMPORT_COMMIT",
     "IMPORT_PRUNED_VALIDATOR",
     "IMPORT_VALIDATOR",
@@ -84,12 +101,15 @@ __all__ = [
     "REGISTER",
     "AttestationDecisionRecord",
     "BlockDecisionRecord",
+    "CheckpointHeader",
     "CodecError",
     "ImportValidatorRecord",
     "ImportedValidator",
     "decode_attestation_decision",
     "decode_block_decision",
     "decode_checkpoint_body",
+    "decode_checkpoint_header",
+    "decode_high_watermark",
     "decode_import_commit",
     "decode_import_pruned_validator",
     "decode_import_validator",
@@ -98,6 +118,7 @@ __all__ = [
     "encode_block_decision",
     "encode_checkpoint_header",
     "encode_checkpoint_validator",
+    "encode_high_watermark",
     "encode_import_commit",
     "encode_import_pruned_validator",
     "encode_import_validator",
@@ -111,19 +132,23 @@ REGISTER = 3
 IMPORT_VALIDATOR = 4
 IMPORT_COMMIT = 5
 IMPORT_PRUNED_VALIDATOR = 6
+HIGH_WATERMARK = 7
 
-CHECKPOINT_BODY_VERSION = 1
+# The newest body version this code writes and reads; it reads every version from 1 up.
+CHECKPOINT_BODY_VERSION = 2
+_CHECKPOINT_BODY_WITHOUT_WATERMARK = 1
 
 _BLOCK = struct.Struct("<48sQ32sBBQ")
 _ATTESTATION = struct.Struct("<48sQQ32sBBQ")
-_U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 _IMPORT_HEAD = struct.Struct("<B48sII")
 _BLOCK_ENTRY = struct.Struct("<QB32s")
 _ATTESTATION_ENTRY = struct.Struct("<QQB32s")
 _VALIDATOR_HEAD = struct.Struct("<48sQQQBQQQBQI")
 _IMPORT_PRUNED_HEAD = struct.Struct("<B48sBQQQII")
+_HIGH_WATERMARK = struct.Struct("<BQQ")
+_CHECKPOINT_HEAD_V1 = struct.Struct("<BQ")
+_CHECKPOINT_HEAD_V2 = struct.Struct("<BQQQ")
 _ATTESTATION_COLUMNS_SIZE = 8 + 8 + 1 + ROOT_SIZE
 _ZERO_ROOT = bytes(ROOT_SIZE)
 # Bytes per attestation in a checkpoint: target, source, root_known and root, each in its own array.
@@ -381,11 +406,67 @@ def decode_import_commit(payload: bytes) -> int:
     return int(_U32.unpack(payload)[0])
 
 
+# ---------------------------------------------------------------- the high watermark
+
+
+def encode_high_watermark(high_watermark: HighWatermark | None) -> bytes:
+    """The payload of a HIGH_WATERMARK record: set to `high_watermark`, or removed (None)."""
+    if high_watermark is None:
+        return _HIGH_WATERMARK.pack(0, 0, 0)
+    return _HIGH_WATERMARK.pack(1, high_watermark.slot, high_watermark.epoch)
+
+
+def decode_high_watermark(payload: bytes) -> HighWatermark | None:
+    if len(payload) != _HIGH_WATERMARK.size:
+        raise CodecError(f"high watermark payload is {len(payload)} bytes, expected {_HIGH_WATERMARK.size}")
+    present, slot, epoch = _HIGH_WATERMARK.unpack(payload)
+    if present == 1:
+        return HighWatermark(slot, epoch)
+    if present == 0 and slot == 0 and epoch == 0:
+        return None
+    raise CodecError(f"high watermark record with present {present}, slot {slot}, epoch {epoch}")
+
+
 # ---------------------------------------------------------------- checkpoint body
 
 
-def encode_checkpoint_header(validator_count: int) -> bytes:
-    return _U8.pack(CHECKPOINT_BODY_VERSION) + _U64.pack(validator_count)
+@dataclass(frozen=True, slots=True)
+class CheckpointHeader:
+    """What a checkpoint body says before its validators; `size` is where they start."""
+
+    version: int
+    validators: int
+    high_watermark: HighWatermark | None
+    size: int
+
+
+def encode_checkpoint_header(validator_count: int, high_watermark: HighWatermark | None = None) -> bytes:
+    """Version 1 without a watermark (readable by 0.2.0), version 2 with one (see the module doc)."""
+    if high_watermark is None:
+        return _CHECKPOINT_HEAD_V1.pack(_CHECKPOINT_BODY_WITHOUT_WATERMARK, validator_count)
+    return _CHECKPOINT_HEAD_V2.pack(
+        CHECKPOINT_BODY_VERSION, validator_count, high_watermark.slot, high_watermark.epoch
+    )
+
+
+def decode_checkpoint_header(body: bytes | memoryview) -> CheckpointHeader:
+    """The header of a body of any known version; raises CodecError for a short one or an unknown version (a
+    newer sidecar's: the message says so)."""
+    if len(body) < _CHECKPOINT_HEAD_V1.size:
+        raise CodecError("checkpoint body too short")
+    version = body[0]
+    if version == _CHECKPOINT_BODY_WITHOUT_WATERMARK:
+        _, count = _CHECKPOINT_HEAD_V1.unpack_from(body)
+        return CheckpointHeader(version, count, None, _CHECKPOINT_HEAD_V1.size)
+    if version == CHECKPOINT_BODY_VERSION:
+        if len(body) < _CHECKPOINT_HEAD_V2.size:
+            raise CodecError("checkpoint body too short")
+        _, count, slot, epoch = _CHECKPOINT_HEAD_V2.unpack_from(body)
+        return CheckpointHeader(version, count, HighWatermark(slot, epoch), _CHECKPOINT_HEAD_V2.size)
+    raise CodecError(
+        f"unknown checkpoint body version {version} (this sidecar reads versions 1 to {CHECKPOINT_BODY_VERSION}; "
+        "a newer sidecar wrote it?)"
+    )
 
 
 def _array_bytes(values: array[int]) -> bytes:
@@ -447,15 +528,12 @@ class CheckpointValidator:
 
 
 def decode_checkpoint_body(body: bytes) -> Iterator[CheckpointValidator]:
-    """Yields every validator of a checkpoint body; raises CodecError on any inconsistency."""
+    """Yields every validator of a checkpoint body (its high watermark is `decode_checkpoint_header`'s); raises
+    CodecError on any inconsistency."""
     view = memoryview(body)
-    if len(view) < 9:
-        raise CodecError("checkpoint body too short")
-    version = view[0]
-    if version != CHECKPOINT_BODY_VERSION:
-        raise CodecError(f"unknown checkpoint body version {version}")
-    (count,) = _U64.unpack_from(view, 1)
-    offset = 9
+    header = decode_checkpoint_header(view)
+    count = header.validators
+    offset = header.size
     # 100,000 validators per checkpoint: the loop binds what it calls once, and copies each array in one go.
     unpack_head = _VALIDATOR_HEAD.unpack_from
     head_size = _VALIDATOR_HEAD.size

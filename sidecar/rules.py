@@ -20,6 +20,15 @@ The rules are EIP-3076's conditions plus the consensus spec's slashing condition
 A signing root in a request is a value like any other, all zeros included. Only records imported without a
 `signing_root` have an unknown root (`None`), and an unknown root never equals anything.
 
+Beside each key's history, one value is global: the operator's high watermark (`HighWatermark`, a slot and an
+epoch; `AdminService.SetHighWatermark`). While one is set, a block at or above its slot, and an attestation whose
+source or target epoch is at or above its epoch, are refused, repeats included: it stops signing at a point an
+operator chose, so that another cluster can take over from there. A backend passes it in as plain data.
+
+The order of the checks is part of the contract, and every backend gets it by calling these functions: an
+unregistered key first (fail closed: nothing is known of it), then the high watermark, then the key's own rules
+in the order listed above.
+
 Anything the rules do not positively allow is refused: there is no path that allows by default.
 """
 
@@ -37,6 +46,7 @@ __all__ = [
     "ALLOWED_REPEAT",
     "NOT_REGISTERED",
     "Decision",
+    "HighWatermark",
     "Reason",
     "check_attestation",
     "check_block",
@@ -57,6 +67,7 @@ class Reason(enum.IntEnum):
     TARGET_EPOCH_AT_OR_BELOW_LOWER_BOUND = 9
     SOURCE_EPOCH_GREATER_THAN_TARGET_EPOCH = 10
     VALIDATOR_NOT_REGISTERED = 11
+    AT_OR_BEYOND_HIGH_WATERMARK = 12
 
     @property
     def allows(self) -> bool:
@@ -80,6 +91,16 @@ class Decision:
         return self.reason is Reason.ALLOWED_NEW
 
 
+@dataclass(frozen=True, slots=True)
+class HighWatermark:
+    """The global high watermark: no block at or above `slot`, and no attestation with a source or target epoch
+    at or above `epoch`, is signed by any key. Which values a database accepts is the seam's to check
+    (`sidecar.backend.valid_high_watermark`); the rules take any."""
+
+    slot: int
+    epoch: int
+
+
 # Shared instances: allowed answers are the hot path and need no per-call text.
 ALLOWED_NEW = Decision(Reason.ALLOWED_NEW, "allowed: no recorded message conflicts")
 ALLOWED_REPEAT = Decision(Reason.ALLOWED_REPEAT, "allowed: identical message already recorded")
@@ -90,10 +111,18 @@ def _root_text(root: bytes | None) -> str:
     return "an unknown signing root" if root is None else f"signing root 0x{root.hex()}"
 
 
-def check_block(history: ValidatorHistory | None, slot: int, signing_root: bytes) -> Decision:
-    """Decides whether a block proposal at `slot` with `signing_root` may be signed."""
+def check_block(
+    history: ValidatorHistory | None, slot: int, signing_root: bytes, high_watermark: HighWatermark | None = None
+) -> Decision:
+    """Decides whether a block proposal at `slot` with `signing_root` may be signed, under `high_watermark` (None:
+    no watermark is set)."""
     if history is None:
         return NOT_REGISTERED
+    if high_watermark is not None and slot >= high_watermark.slot:
+        return Decision(
+            Reason.AT_OR_BEYOND_HIGH_WATERMARK,
+            f"refused: slot {slot} is at or beyond the high watermark, slot {high_watermark.slot}",
+        )
     blocks = history.blocks
     if slot in blocks:
         recorded = blocks[slot]
@@ -113,15 +142,28 @@ def check_block(history: ValidatorHistory | None, slot: int, signing_root: bytes
 
 
 def check_attestation(
-    history: ValidatorHistory | None, source_epoch: int, target_epoch: int, signing_root: bytes
+    history: ValidatorHistory | None,
+    source_epoch: int,
+    target_epoch: int,
+    signing_root: bytes,
+    high_watermark: HighWatermark | None = None,
 ) -> Decision:
-    """Decides whether an attestation (source_epoch, target_epoch, signing_root) may be signed.
+    """Decides whether an attestation (source_epoch, target_epoch, signing_root) may be signed, under
+    `high_watermark` (None: no watermark is set).
 
     Every lookup is a dictionary probe or a binary search over the validator's indexed history, so the cost does
     not grow with the length of that history.
     """
     if history is None:
         return NOT_REGISTERED
+    if high_watermark is not None and (
+        target_epoch >= high_watermark.epoch or source_epoch >= high_watermark.epoch
+    ):
+        return Decision(
+            Reason.AT_OR_BEYOND_HIGH_WATERMARK,
+            f"refused: the vote ({source_epoch}, {target_epoch}) is at or beyond the high watermark, "
+            f"epoch {high_watermark.epoch}",
+        )
     if history.is_next_honest_vote(source_epoch, target_epoch):
         return ALLOWED_NEW  # the usual vote: every check below would pass (see the method)
     if source_epoch > target_epoch:

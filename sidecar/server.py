@@ -39,6 +39,7 @@ from sidecar.metrics_http import MetricsHttpServer
 from sidecar.overload import concurrency_interceptors
 from sidecar.service import AdminServicer, BackendHolder, InterchangeServicer, SigningServicer
 from sidecar.store import StoreOptions
+from sidecar.vocabulary import describe_high_watermark
 from slashing_protection.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -259,6 +260,13 @@ class SidecarServer:
                 "strategy": config.store.strategy.value,
             },
         )
+        if startup.high_watermark is not None:
+            # Said at every start: a cluster stopped at a watermark for a migration must not look healthy and idle.
+            log.warning(
+                "%s; `slashing-sidecar watermark remove` lifts it",
+                describe_high_watermark(startup.high_watermark),
+                extra={"high_watermark": [startup.high_watermark.slot, startup.high_watermark.epoch]},
+            )
         if config.checkpoint_interval > 0:
             self._checkpoint_task = asyncio.create_task(self._checkpoint_loop())
 

@@ -33,8 +33,8 @@ from sidecar.errors import (
     UnknownValidatorError,
 )
 from sidecar.metrics import Metrics
-from sidecar.rules import ALLOWED_NEW, ALLOWED_REPEAT, Decision, Reason
-from sidecar.vocabulary import spelling
+from sidecar.rules import ALLOWED_NEW, ALLOWED_REPEAT, Decision, HighWatermark, Reason
+from sidecar.vocabulary import describe_high_watermark, spelling
 from slashing_protection.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -547,6 +547,45 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             response.last_decision.CopyFrom(decision_record_message(summary.last_decision))
         return response
 
+    async def SetHighWatermark(
+        self, request: admin_pb2.SetHighWatermarkRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.HighWatermarkResponse:
+        try:
+            backend = self._holder.require()
+            high_watermark = await backend.set_high_watermark(request.slot, request.epoch)
+        except Exception as error:
+            await _abort(context, error)
+        # A warning: it stops every key's signing from that point, which an operator must be able to find later.
+        log.warning(
+            "set the %s",
+            describe_high_watermark(high_watermark),
+            extra={"high_watermark": [high_watermark.slot, high_watermark.epoch]},
+        )
+        return _high_watermark_response(high_watermark)
+
+    async def GetHighWatermark(
+        self, request: admin_pb2.GetHighWatermarkRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.HighWatermarkResponse:
+        try:
+            backend = self._holder.require()
+            high_watermark = await backend.high_watermark()
+        except Exception as error:
+            await _abort(context, error)
+        return _high_watermark_response(high_watermark)
+
+    async def RemoveHighWatermark(
+        self, request: admin_pb2.RemoveHighWatermarkRequest, context: aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.HighWatermarkResponse:
+        try:
+            backend = self._holder.require()
+            await backend.remove_high_watermark()
+        except Exception as error:
+            await _abort(context, error)
+        log.warning(
+            "removed the high watermark: signing is no longer stopped at one", extra={"high_watermark": None}
+        )
+        return _high_watermark_response(None)
+
     async def ListDecisions(
         self, request: admin_pb2.ListDecisionsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[admin_pb2.DecisionRecord]:
@@ -559,6 +598,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 yield decision_record_message(record)
         except Exception as error:
             await _abort(context, error)
+
+
+def _high_watermark_response(high_watermark: HighWatermark | None) -> admin_pb2.HighWatermarkResponse:
+    if high_watermark is None:
+        return admin_pb2.HighWatermarkResponse(set=False)
+    return admin_pb2.HighWatermarkResponse(set=True, slot=high_watermark.slot, epoch=high_watermark.epoch)
 
 
 def decision_record_message(record: Any) -> admin_pb2.DecisionRecord:

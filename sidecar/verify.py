@@ -35,6 +35,7 @@ _DECODERS = {
     codec.IMPORT_VALIDATOR: codec.decode_import_validator,
     codec.IMPORT_COMMIT: codec.decode_import_commit,
     codec.IMPORT_PRUNED_VALIDATOR: codec.decode_import_pruned_validator,
+    codec.HIGH_WATERMARK: codec.decode_high_watermark,
 }
 
 
@@ -83,13 +84,21 @@ def _verify(data_dir: Path, fileops: FileOps, report: VerifyReport) -> None:
         try:
             loaded = read_checkpoint(checkpoint.path, fileops)
             count = sum(1 for _ in codec.decode_checkpoint_body(loaded.body))
+            high_watermark = codec.decode_checkpoint_header(loaded.body).high_watermark
         except (StorageError, codec.CodecError) as error:
             report.bad(f"checkpoint {checkpoint.path}: {error}")
             continue
         if root is not None and loaded.genesis_validators_root != root:
             report.bad(f"checkpoint {checkpoint.path}: belongs to another genesis validators root")
             continue
-        report.good(f"checkpoint {checkpoint.path.name}: {count} validators, sequence {loaded.sequence}")
+        watermark = (
+            ""
+            if high_watermark is None
+            else f", high watermark slot {high_watermark.slot} epoch {high_watermark.epoch}"
+        )
+        report.good(
+            f"checkpoint {checkpoint.path.name}: {count} validators, sequence {loaded.sequence}{watermark}"
+        )
         newest_valid = loaded.sequence if newest_valid is None else max(newest_valid, loaded.sequence)
     for directory in layout.record_dirs:
         if not fileops.is_dir(directory):

@@ -9,13 +9,16 @@ rules and log queries match on.
 
 The table also says which message kinds a reason can occur for, so the decision counter can expose every
 possible `(kind, verdict, reason)` series at 0 from the start (see `sidecar.metrics`).
+
+`describe_high_watermark` is the one sentence for the global high watermark, which the CLI prints and the server
+logs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.rules import Reason
+from sidecar.rules import HighWatermark, Reason
 from slashing_protection.v1 import signing_pb2
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "SLASHABLE_REASONS",
     "ReasonWords",
     "decision_series",
+    "describe_high_watermark",
     "proto_name",
     "spelling",
     "verdict",
@@ -61,6 +65,7 @@ REASONS: dict[Reason, ReasonWords] = {
         "source_epoch_greater_than_target_epoch", (ATTESTATION,)
     ),
     Reason.VALIDATOR_NOT_REGISTERED: ReasonWords("validator_not_registered", KINDS),
+    Reason.AT_OR_BEYOND_HIGH_WATERMARK: ReasonWords("at_or_beyond_high_watermark", KINDS),
 }
 
 SLASHABLE_REASONS = tuple(words.spelling for words in REASONS.values() if words.slashable)
@@ -83,3 +88,14 @@ def verdict(reason: Reason) -> str:
 def decision_series() -> list[tuple[str, Reason]]:
     """Every (kind, reason) a decision can have, in a stable order."""
     return [(kind, reason) for reason, words in REASONS.items() for kind in words.kinds]
+
+
+def describe_high_watermark(high_watermark: HighWatermark | None) -> str:
+    """The watermark in force as one sentence saying what it stops."""
+    if high_watermark is None:
+        return "no high watermark is set"
+    slot, epoch = high_watermark.slot, high_watermark.epoch
+    return (
+        f"high watermark at slot {slot}, epoch {epoch}: no block at slot {slot} or later and no attestation with "
+        f"a source or target epoch of {epoch} or later is signed"
+    )

@@ -24,6 +24,9 @@ What a call promises:
 - **Batches.** `check_attestations(items)` sends batches of at most `MAX_BATCH_SIZE` (the server's cap, or the
   client's smaller `batch_size`) and returns one decision per item, in order. A pubkey named twice in one call
   is refused before anything is sent.
+- **The global high watermark.** `set_high_watermark(slot, epoch)`, `high_watermark()` (None when none is
+  set) and `remove_high_watermark()`, as `HighWatermark(slot, epoch)` values; retried like any admin call (each
+  is idempotent).
 - **TLS.** `tls=TlsOptions(ca=..., client_cert=..., client_key=...)`, each PEM bytes or a path.
 - **Cheap to import.** Neither the store nor the interchange parsers are imported, so the `health` probe that
   uses this client starts fast.
@@ -65,6 +68,7 @@ from sidecar.client._values import (
     Attestation,
     Checkpoint,
     DecisionRecord,
+    HighWatermark,
     ImportReport,
     ImportStatus,
     Reason,
@@ -83,6 +87,7 @@ __all__ = [
     "Attestation",
     "Checkpoint",
     "DecisionRecord",
+    "HighWatermark",
     "ImportReport",
     "ImportStatus",
     "Reason",

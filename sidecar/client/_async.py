@@ -15,11 +15,13 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.client._base import IMPORT_CHUNK_BYTES, ChunkReader, ClientBase, output_file
+from sidecar.client._errors import SidecarProtocolError
 from sidecar.client._transport import Deadline
 from sidecar.client._values import (
     Attestation,
     Checkpoint,
     DecisionRecord,
+    HighWatermark,
     ImportReport,
     Registration,
     ServingStatus,
@@ -30,10 +32,12 @@ from sidecar.client._values import (
     block_request,
     decision_from_proto,
     decisions_from_batch,
+    high_watermark_from_proto,
     import_report_from_proto,
     pubkey_bytes,
     record_from_proto,
     serving_status,
+    set_high_watermark_request,
     summary_from_proto,
 )
 from slashing_protection.v1 import (
@@ -129,6 +133,27 @@ class AsyncSidecarClient(ClientBase):
         deadline = self._deadline(timeout, self.timeouts.checkpoint)
         response = await self._call(self._admin.SaveCheckpoint, admin_pb2.SaveCheckpointRequest(), deadline)
         return Checkpoint(response.sequence, response.validators, response.file_name)
+
+    async def set_high_watermark(self, slot: int, epoch: int, *, timeout: float | None = None) -> HighWatermark:
+        request = set_high_watermark_request(self.target, slot, epoch)
+        deadline = self._deadline(timeout, self.timeouts.admin)
+        response = await self._call(self._admin.SetHighWatermark, request, deadline)
+        high_watermark = high_watermark_from_proto(self.target, response)
+        if high_watermark is None:
+            raise SidecarProtocolError(self.target, None, "SetHighWatermark answered that no watermark is set")
+        return high_watermark
+
+    async def high_watermark(self, *, timeout: float | None = None) -> HighWatermark | None:
+        deadline = self._deadline(timeout, self.timeouts.admin)
+        response = await self._call(self._admin.GetHighWatermark, admin_pb2.GetHighWatermarkRequest(), deadline)
+        return high_watermark_from_proto(self.target, response)
+
+    async def remove_high_watermark(self, *, timeout: float | None = None) -> None:
+        deadline = self._deadline(timeout, self.timeouts.admin)
+        request = admin_pb2.RemoveHighWatermarkRequest()
+        response = await self._call(self._admin.RemoveHighWatermark, request, deadline)
+        if high_watermark_from_proto(self.target, response) is not None:
+            raise SidecarProtocolError(self.target, None, "RemoveHighWatermark answered that one is still set")
 
     async def decisions(
         self, pubkey: bytes | None = None, since_sequence: int = 0, *, timeout: float | None = None

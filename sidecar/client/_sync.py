@@ -13,11 +13,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.client._base import IMPORT_CHUNK_BYTES, ChunkReader, ClientBase, output_file
+from sidecar.client._errors import SidecarProtocolError
 from sidecar.client._transport import Deadline
 from sidecar.client._values import (
     Attestation,
     Checkpoint,
     DecisionRecord,
+    HighWatermark,
     ImportReport,
     Registration,
     ServingStatus,
@@ -28,10 +30,12 @@ from sidecar.client._values import (
     block_request,
     decision_from_proto,
     decisions_from_batch,
+    high_watermark_from_proto,
     import_report_from_proto,
     pubkey_bytes,
     record_from_proto,
     serving_status,
+    set_high_watermark_request,
     summary_from_proto,
 )
 from slashing_protection.v1 import (
@@ -146,6 +150,33 @@ class SidecarClient(ClientBase):
         deadline = self._deadline(timeout, self.timeouts.checkpoint)
         response = self._call(self._admin.SaveCheckpoint, admin_pb2.SaveCheckpointRequest(), deadline)
         return Checkpoint(response.sequence, response.validators, response.file_name)
+
+    def set_high_watermark(self, slot: int, epoch: int, *, timeout: float | None = None) -> HighWatermark:
+        """Sets the global high watermark (replacing any): from when this returns, no key signs a block at or
+        beyond `slot`, nor an attestation with a source or target epoch at or beyond `epoch`. Returns it as the
+        server holds it. Values the server refuses (slot below epoch, 2^63 or more) raise
+        `SidecarRefusedRequestError` and change nothing."""
+        request = set_high_watermark_request(self.target, slot, epoch)
+        response = self._call(self._admin.SetHighWatermark, request, self._deadline(timeout, self.timeouts.admin))
+        high_watermark = high_watermark_from_proto(self.target, response)
+        if high_watermark is None:
+            raise SidecarProtocolError(self.target, None, "SetHighWatermark answered that no watermark is set")
+        return high_watermark
+
+    def high_watermark(self, *, timeout: float | None = None) -> HighWatermark | None:
+        """The global high watermark in force; None when there is none."""
+        request = admin_pb2.GetHighWatermarkRequest()
+        response = self._call(self._admin.GetHighWatermark, request, self._deadline(timeout, self.timeouts.admin))
+        return high_watermark_from_proto(self.target, response)
+
+    def remove_high_watermark(self, *, timeout: float | None = None) -> None:
+        """Removes the global high watermark (none set is not an error)."""
+        request = admin_pb2.RemoveHighWatermarkRequest()
+        response = self._call(
+            self._admin.RemoveHighWatermark, request, self._deadline(timeout, self.timeouts.admin)
+        )
+        if high_watermark_from_proto(self.target, response) is not None:
+            raise SidecarProtocolError(self.target, None, "RemoveHighWatermark answered that one is still set")
 
     def decisions(
         self, pubkey: bytes | None = None, since_sequence: int = 0, *, timeout: float | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.client._errors import SidecarProtocolError, SidecarRefusedRequestError
-from sidecar.rules import Reason
+from sidecar.rules import HighWatermark, Reason
 from sidecar.vocabulary import ATTESTATION, BLOCK
 from slashing_protection.v1 import admin_pb2, interchange_pb2, signing_pb2
 
@@ -22,6 +22,7 @@ __all__ = [
     "Attestation",
     "Checkpoint",
     "DecisionRecord",
+    "HighWatermark",
     "ImportReport",
     "ImportStatus",
     "Reason",
@@ -236,6 +237,14 @@ def batch_requests(
     ]
 
 
+def set_high_watermark_request(target: str, slot: int, epoch: int) -> admin_pb2.SetHighWatermarkRequest:
+    """The values the proto can carry; which of them a database accepts is the server's to say (INVALID_ARGUMENT,
+    naming the value)."""
+    return admin_pb2.SetHighWatermarkRequest(
+        slot=_uint64(target, slot, "slot"), epoch=_uint64(target, epoch, "epoch")
+    )
+
+
 def check_batch_size(batch_size: int) -> int:
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE} (the server's cap), got {batch_size}")
@@ -358,6 +367,17 @@ def import_report_from_proto(target: str, response: interchange_pb2.ImportInterc
         results_omitted=response.results_omitted,
         sequence=response.sequence,
     )
+
+
+def high_watermark_from_proto(target: str, response: admin_pb2.HighWatermarkResponse) -> HighWatermark | None:
+    """The watermark in force (None: none); a response that says none but carries values breaks the contract."""
+    if response.set:
+        return HighWatermark(response.slot, response.epoch)
+    if response.slot or response.epoch:
+        raise SidecarProtocolError(
+            target, None, f"a high watermark response without a watermark carries slot {response.slot}"
+        )
+    return None
 
 
 def serving_status(value: int) -> ServingStatus:

@@ -16,12 +16,13 @@ from sidecar.backend import (
     Registration,
     StartupReport,
     ValidatorSummary,
+    valid_high_watermark,
 )
 from sidecar.errors import BackendUnavailableError
 from sidecar.local.durability import Durability, LoneCallDetector
 from sidecar.local.options import StoreOptions
 from sidecar.local.store import Store
-from sidecar.rules import Decision
+from sidecar.rules import Decision, HighWatermark
 from sidecar.storage import LogUnavailableError, StorageError
 from sidecar.worker_thread import run_in_own_thread
 
@@ -65,6 +66,7 @@ class LocalBackend:
             replayed_records=recovery.replayed_records,
             repaired_torn_tail=recovery.repaired_torn_tail,
             problems=recovery.problems,
+            high_watermark=store.high_watermark,
         )
 
     @classmethod
@@ -188,6 +190,21 @@ class LocalBackend:
                     yield record
                 if len(batch) < DECISIONS_BATCH:
                     return
+
+    async def set_high_watermark(self, slot: int, epoch: int) -> HighWatermark:
+        high_watermark = valid_high_watermark(slot, epoch)
+        with _translated():
+            await self._durability.wait(self.store.record_high_watermark(high_watermark))
+        return high_watermark
+
+    async def high_watermark(self) -> HighWatermark | None:
+        return self.store.high_watermark
+
+    async def remove_high_watermark(self) -> None:
+        # Recorded even when none is set: the record is cheap, and its durability is the promise that an earlier
+        # removal (another caller's, perhaps not yet durable) is durable too.
+        with _translated():
+            await self._durability.wait(self.store.record_high_watermark(None))
 
     async def save_checkpoint(self) -> CheckpointInfo:
         with _translated():

@@ -20,6 +20,8 @@ from pathlib import Path
 from sidecar import records as codec
 from sidecar.history import ValidatorHistory
 from sidecar.local.layout import DataDirLayout
+from sidecar.local.state import ValidatorStates
+from sidecar.rules import HighWatermark
 from sidecar.storage import DecisionLog, FileOps, prune_checkpoints, write_checkpoint
 
 __all__ = ["SNAPSHOT_CHUNK", "CheckpointBody", "CheckpointInfo", "save_checkpoint"]
@@ -40,7 +42,9 @@ class CheckpointInfo:
 
 class CheckpointBody:
     """The body of one checkpoint of `pubkeys`, encoded a chunk at a time under `lock`. `newest` follows the
-    newest record included: at least `covered`, more when a validator moved on while the body was encoded."""
+    newest record included: at least `covered`, more when a validator moved on while the body was encoded.
+    `high_watermark` is the one in force at `covered`, read under the lock together with it: replay applies the
+    watermark records after `covered` to it, in order."""
 
     def __init__(
         self,
@@ -48,17 +52,19 @@ class CheckpointBody:
         pubkeys: list[bytes],
         lock: AbstractContextManager[object],
         covered: int,
+        high_watermark: HighWatermark | None = None,
     ) -> None:
         self._validators = validators
         self._pubkeys = pubkeys
         self._lock = lock
+        self._high_watermark = high_watermark
         self.newest = covered
 
     def chunks(self, pause: bool = False) -> Iterator[bytes]:
         """Header, then each validator encoded under the lock, a chunk at a time, so signing goes on between
         chunks; `pause` also sleeps between them (see `save_checkpoint`)."""
         pubkeys = self._pubkeys
-        yield codec.encode_checkpoint_header(len(pubkeys))
+        yield codec.encode_checkpoint_header(len(pubkeys), self._high_watermark)
         encode = codec.encode_checkpoint_validator
         for start in range(0, len(pubkeys), SNAPSHOT_CHUNK):
             encoded = []
@@ -87,20 +93,23 @@ def save_checkpoint(
     fileops: FileOps,
     log: DecisionLog,
     genesis_validators_root: bytes,
-    validators: dict[bytes, ValidatorHistory],
+    state: ValidatorStates,
     lock: threading.Lock,
     keep: int,
     archive_segments: bool,
     pause: bool,
 ) -> CheckpointInfo:
-    """Writes a checkpoint of every validator, prunes old ones and the log segments they cover. The caller holds
-    the store's checkpoint lock (one checkpoint or import at a time), not `lock`, the state lock."""
+    """Writes a checkpoint of every validator and the high watermark, prunes old ones and the log segments they
+    cover. The caller holds the store's checkpoint lock (one checkpoint or import at a time), not `lock`, the
+    state lock."""
     started = time.monotonic()
+    validators = state.validators
     with lock:
         covered = log.last_sequence
         pubkeys = list(validators)
+        high_watermark = state.high_watermark
     checkpoint_dir = layout.checkpoint_dir
-    body = CheckpointBody(validators, pubkeys, lock, covered)
+    body = CheckpointBody(validators, pubkeys, lock, covered, high_watermark)
     path = write_checkpoint(
         checkpoint_dir, fileops, covered, genesis_validators_root, body.chunks_then_durable(log, pause)
     )

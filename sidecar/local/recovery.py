@@ -81,6 +81,7 @@ def load_checkpoint(
             )
         validators = recovered.state.validators
         try:
+            recovered.state.high_watermark = codec.decode_checkpoint_header(loaded.body).high_watermark
             for entry in codec.decode_checkpoint_body(loaded.body):
                 validators[entry.pubkey] = entry.history
         except codec.CodecError as error:
@@ -161,8 +162,14 @@ def replay(recovered: Recovered, batches: Iterable[list[tuple[int, int, bytes]]]
                     # Decisions and registrations may come between an import's records and its commit; they do
                     # not end it (see sidecar.records).
                     state.register_locked(codec.decode_register(payload), sequence)
+                elif record_type == codec.HIGH_WATERMARK:
+                    # Every one after the checkpoint is newer than the checkpoint's: the last one read wins.
+                    state.high_watermark = codec.decode_high_watermark(payload)
                 else:
-                    raise DataDirError(f"log record {sequence} has unknown type {record_type}")
+                    raise DataDirError(
+                        f"log record {sequence} has unknown type {record_type} (written by a newer sidecar, or "
+                        "damaged: see `slashing-sidecar verify`)"
+                    )
             except codec.CodecError as error:
                 raise DataDirError(
                     f"log record {sequence} (type {record_type}) does not decode: {error}"

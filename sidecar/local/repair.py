@@ -71,9 +71,15 @@ def repair_data_dir(
             f"{min_slot}; attestations need a source epoch of at least {min_epoch} and a target epoch above "
             f"{min_epoch}"
         )
+        high_watermark = recovered.state.high_watermark
+        report.append(
+            "no high watermark is set"
+            if high_watermark is None
+            else f"kept the high watermark: slot {high_watermark.slot}, epoch {high_watermark.epoch}"
+        )
         # The new checkpoint goes to disk before anything is moved: a crash in between leaves a directory whose
         # start refuses on the same damage, and running repair again finishes the job.
-        body = CheckpointBody(validators, list(validators), contextlib.nullcontext(), through)
+        body = CheckpointBody(validators, list(validators), contextlib.nullcontext(), through, high_watermark)
         path = write_checkpoint(layout.checkpoint_dir, fileops, through, root, body.chunks())
         report.append(f"wrote {path.name}")
         quarantine = layout.damaged_dir(time.gmtime())

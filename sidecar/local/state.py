@@ -1,5 +1,5 @@
-"""The in-memory state of a data directory: one `ValidatorHistory` per registered key, and how a recorded
-decision, registration or import changes it.
+"""The in-memory state of a data directory: one `ValidatorHistory` per registered key and the global high
+watermark, and how a recorded decision, registration, import or watermark changes it.
 
 This is the one place both the hot path and recovery call: a record is applied right after it is appended, and
 identically when it is replayed (replay re-applies recorded verdicts; it never re-decides). Keeping it here, below
@@ -23,7 +23,7 @@ from sidecar.history import (
 )
 from sidecar.import_merge import merge_imported
 from sidecar.import_merge import summarize as shared_summarize
-from sidecar.rules import Reason
+from sidecar.rules import HighWatermark, Reason
 
 __all__ = [
     "Floors",
@@ -97,16 +97,19 @@ def apply_attestation_locked(
 
 
 class ValidatorStates:
-    """The histories of every registered key, and the history window they are pruned to.
+    """The histories of every registered key, the history window they are pruned to, and the high watermark in
+    force (None: none).
 
-    `validators` is the plain dict, read directly by the hot path (one probe per decision).
+    `validators` is the plain dict, read directly by the hot path (one probe per decision). `high_watermark` is
+    replaced whole, never changed in place, so the hot path reads it once per lock hold.
     """
 
-    __slots__ = ("validators", "window")
+    __slots__ = ("high_watermark", "validators", "window")
 
     def __init__(self, window: int | None) -> None:
         self.validators: dict[bytes, ValidatorHistory] = {}
         self.window = window
+        self.high_watermark: HighWatermark | None = None
 
     def __len__(self) -> int:
         return len(self.validators)

@@ -39,7 +39,7 @@ from sidecar.local.options import StoreOptions
 from sidecar.local.recovery import RecoveryInfo
 from sidecar.local.repair import repair_data_dir
 from sidecar.local.state import ValidatorStates, apply_attestation_locked, apply_block_locked, summarize
-from sidecar.rules import Decision, check_attestation, check_block
+from sidecar.rules import Decision, HighWatermark, check_attestation, check_block
 from sidecar.storage import DataDirLock, DecisionLog
 
 __all__ = ["PUBKEY_SIZE", "Store"]
@@ -150,7 +150,7 @@ class Store:
         """
         with self._lock:
             history = self._validators.get(pubkey)
-            decision = check_block(history, slot, signing_root)
+            decision = check_block(history, slot, signing_root, self._state.high_watermark)
             payload = codec.encode_block_decision(pubkey, slot, signing_root, decision.reason, self._now())
             sequence = self._log.append(codec.BLOCK_DECISION, payload)
             if history is not None:
@@ -173,12 +173,13 @@ class Store:
         window = self._window
         with self._lock:
             get = self._validators.get
+            high_watermark = self._state.high_watermark
             histories = []
             decisions = []
             payloads = []
             for pubkey, source, target, root in requests:
                 history = get(pubkey)
-                decision = check_attestation(history, source, target, root)
+                decision = check_attestation(history, source, target, root, high_watermark)
                 histories.append(history)
                 decisions.append(decision)
                 payloads.append(encode(pubkey, source, target, root, decision.reason, now))
@@ -213,6 +214,25 @@ class Store:
     @property
     def validator_count(self) -> int:
         return len(self._validators)
+
+    # ---------------------------------------------------------------- the high watermark
+
+    def record_high_watermark(self, high_watermark: HighWatermark | None) -> int:
+        """Sets the high watermark (None: removes it) for every decision taken after this returns, and appends its
+        record; returns the record's sequence number. Not durable yet: the caller waits for that sequence before
+        saying it is done. The caller has checked the values (`sidecar.backend.valid_high_watermark`).
+
+        Appended and applied under the lock, in the log's order: a decision recorded after the record was decided
+        under it, and one recorded before it is durable before it (so before the caller returns)."""
+        with self._lock:
+            sequence = self._log.append(codec.HIGH_WATERMARK, codec.encode_high_watermark(high_watermark))
+            self._state.high_watermark = high_watermark
+        return sequence
+
+    @property
+    def high_watermark(self) -> HighWatermark | None:
+        """The high watermark in force (the newest recorded, durable or about to be)."""
+        return self._state.high_watermark
 
     # ---------------------------------------------------------------- interchange
 
@@ -269,7 +289,7 @@ class Store:
                 fileops=self.options.fileops,
                 log=self._log,
                 genesis_validators_root=self.genesis_validators_root,
-                validators=self._validators,
+                state=self._state,
                 lock=self._lock,
                 keep=self.options.checkpoint_keep,
                 archive_segments=self.options.archive_segments,

@@ -13,6 +13,17 @@ A decision, and why it is linearizable per validator across replicas:
    counters, floors and version, `COMMIT`. Only once the COMMIT's reply has come back is ALLOWED returned: the
    database holds it, as durably as its settings say (checked at start: `sidecar.postgres.durability`).
 
+The high watermark is read in round trip 1 too, by the statement that locks the rows (a join with the one-row
+`high_watermark` table), so it costs no round trip and no replica caches it. Before that statement, in the same
+round trip, the decision takes a shared transaction-level advisory lock (`HIGH_WATERMARK_LOCK_KEY`), which
+`SetHighWatermark` takes exclusively while it writes. Two things follow. The Set waits until every decision that
+may have read the old value has committed or rolled back, so once it returns nothing decided under the old value
+can still be answered, and an export taken then holds everything it did not stop. And a decision that starts
+after the Set has returned reads the new value: the lock is its own statement, so the statement that reads the
+watermark takes its snapshot after the lock was granted, i.e. after the Set committed (under READ COMMITTED each
+statement has its own snapshot; the lock inside the reading statement would not do, its snapshot would predate
+the wait). Removing a watermark takes no lock: a decision still reading the old one only refuses more.
+
 An in-process lock per key (taken in pubkey order too) keeps a replica's own concurrent calls for one key off the
 same cached history; it also spares the database from queuing them.
 
@@ -54,6 +65,7 @@ from sidecar.backend import (
     StartupReport,
     Strategy,
     ValidatorSummary,
+    valid_high_watermark,
 )
 from sidecar.domain import PUBKEY_SIZE
 from sidecar.errors import (
@@ -79,7 +91,7 @@ from sidecar.postgres.schema import (
     history_rows,
     to_db,
 )
-from sidecar.rules import Decision, Reason, check_attestation, check_block
+from sidecar.rules import Decision, HighWatermark, Reason, check_attestation, check_block
 from sidecar.worker_thread import run_in_own_thread
 
 __all__ = ["PostgresBackend", "describe_url"]
@@ -108,7 +120,20 @@ _ALLOWED_REASONS = (int(Reason.ALLOWED_NEW), int(Reason.ALLOWED_REPEAT))
 SELECT_VALIDATORS_SQL = (
     "SELECT id, pubkey, version, slot_floor, source_epoch_floor, target_epoch_floor FROM validators"
 )
-LOCK_SQL = f"{SELECT_VALIDATORS_SQL} WHERE pubkey = ANY(%s) ORDER BY pubkey FOR UPDATE"
+# The rows of the keys, locked, each with the high watermark (NULLs: none); see the module doc.
+LOCK_SQL = (
+    "SELECT v.id, v.pubkey, v.version, v.slot_floor, v.source_epoch_floor, v.target_epoch_floor, w.slot, w.epoch "
+    "FROM validators v LEFT JOIN high_watermark w ON TRUE "
+    "WHERE v.pubkey = ANY(%s) ORDER BY v.pubkey FOR UPDATE OF v"
+)
+# Arbitrary, fixed: the advisory lock decisions share and SetHighWatermark takes alone (see the module doc).
+HIGH_WATERMARK_LOCK_KEY = 0x5AF3_11DE_CA13
+SHARE_HIGH_WATERMARK_SQL = "SELECT pg_advisory_xact_lock_shared(%s)"
+SELECT_HIGH_WATERMARK_SQL = "SELECT slot, epoch FROM high_watermark"
+SET_HIGH_WATERMARK_SQL = """
+INSERT INTO high_watermark (slot, epoch) VALUES (%s, %s)
+ON CONFLICT (singleton) DO UPDATE SET slot = excluded.slot, epoch = excluded.epoch, set_at = now()
+"""
 RECORD_DECISIONS_SQL = """
 WITH d AS (
     INSERT INTO decisions (pubkey, kind, slot, source_epoch, target_epoch, signing_root, reason, unix_nanos)
@@ -233,6 +258,7 @@ class PostgresBackend:
         durability: DatabaseDurability,
         validators: int,
         started: float,
+        high_watermark: HighWatermark | None = None,
     ) -> None:
         self.url = url
         self._root = genesis_validators_root
@@ -255,6 +281,7 @@ class PostgresBackend:
             validators=validators,
             seconds=time.monotonic() - started,
             problems=tuple(durability.unsafe() + durability.warnings()),
+            high_watermark=high_watermark,
         )
 
     # ---------------------------------------------------------------- opening
@@ -279,6 +306,7 @@ class PostgresBackend:
                 root = await _open_schema(connection, genesis_validators_root, where)
                 row = await (await connection.execute("SELECT count(*) FROM validators")).fetchone()
                 validators = int(row[0]) if row else 0
+                high_watermark = await _read_high_watermark(connection)
         except psycopg.OperationalError as error:
             raise BackendUnavailableError(f"cannot reach the {where}: {_first_line(error)}") from error
         for line in durability.warnings():
@@ -291,7 +319,7 @@ class PostgresBackend:
         # A warning when a commit would not survive the loss of the primary: operators grep for warnings.
         level = logging.INFO if durability.survives_primary_loss() else logging.WARNING
         log.log(level, "%s", durability.describe())
-        backend = cls(url, root, options, allow_unsafe_database, durability, validators, started)
+        backend = cls(url, root, options, allow_unsafe_database, durability, validators, started, high_watermark)
         try:
             await backend._pool.open(wait=True, timeout=OPERATION_TIMEOUT_SECONDS)
         except psycopg_pool.PoolTimeout as error:
@@ -477,18 +505,24 @@ class PostgresBackend:
             self._cache.pop(pubkey, None)
 
     async def _lock_and_load(
-        self, connection: AsyncConnection[Any], pubkeys: Sequence[bytes], begin: bool = True
-    ) -> dict[bytes, _Locked]:
-        """Round trip 1: BEGIN and the rows of the registered keys, locked; then, for keys whose cached history
+        self, connection: AsyncConnection[Any], pubkeys: Sequence[bytes], deciding: bool = True
+    ) -> tuple[dict[bytes, _Locked], HighWatermark | None]:
+        """Round trip 1: the rows of the registered keys, locked, and the high watermark in force; when `deciding`,
+        BEGIN and the shared watermark lock before them (see the module doc). Then, for keys whose cached history
         is stale or missing, their records (one more round trip)."""
-        if begin:
+        if deciding:
             await connection.execute("BEGIN")
+            await connection.execute(SHARE_HIGH_WATERMARK_SQL, (HIGH_WATERMARK_LOCK_KEY,))
         cursor = await connection.execute(LOCK_SQL, (sorted(set(pubkeys)),))
         locked: dict[bytes, _Locked] = {}
-        for validator_id, pubkey, version, slot_floor, source_floor, target_floor in await cursor.fetchall():
+        high_watermark: HighWatermark | None = None
+        for row in await cursor.fetchall():
+            validator_id, pubkey, version, slot_floor, source_floor, target_floor, slot, epoch = row
             locked[bytes(pubkey)] = _Locked(
                 validator_id, version, _floors_of_row(slot_floor, source_floor, target_floor)
             )
+            if slot is not None:
+                high_watermark = HighWatermark(slot, epoch)
         stale = []
         for pubkey, row in locked.items():
             cached = self._cache.get(pubkey)
@@ -499,7 +533,7 @@ class PostgresBackend:
             for pubkey, history in histories.items():
                 row = locked[pubkey]
                 self._cache[pubkey] = _Cached(row.validator_id, row.version, history)
-        return locked
+        return locked, high_watermark
 
     async def _load_histories(
         self, connection: AsyncConnection[Any], rows: dict[bytes, _Locked]
@@ -569,7 +603,7 @@ class PostgresBackend:
         now = self._now()
         window = self._window
         async with connection.pipeline() as pipeline:
-            locked = await self._lock_and_load(connection, [item[0] for item in items])
+            locked, high_watermark = await self._lock_and_load(connection, [item[0] for item in items])
             decisions: list[Decision] = []
             columns: list[list[Any]] = [[] for _ in range(8)]
             inserted: list[list[Any]] = [[], [], [], []]
@@ -581,9 +615,9 @@ class PostgresBackend:
                 row = locked.get(pubkey)
                 history = self._cache[pubkey].history if row is not None else None
                 if kind == KIND_BLOCK:
-                    decision = check_block(history, first, root)
+                    decision = check_block(history, first, root, high_watermark)
                 else:
-                    decision = check_attestation(history, first, second, root)
+                    decision = check_attestation(history, first, second, root, high_watermark)
                 decisions.append(decision)
                 for column, value in zip(
                     columns,
@@ -715,7 +749,7 @@ class PostgresBackend:
             (keys, sequence),
         )
         new = {bytes(row[0]) for row in await cursor.fetchall()}
-        locked = await self._lock_and_load(connection, keys, begin=False)
+        locked, _ = await self._lock_and_load(connection, keys, deciding=False)
         merged: dict[bytes, ValidatorHistory] = {}
         for pubkey, stage in staged.validators:
             cached = self._cache[pubkey]
@@ -883,6 +917,31 @@ class PostgresBackend:
                 return
             after = rows[-1][0]
 
+    async def set_high_watermark(self, slot: int, epoch: int) -> HighWatermark:
+        """Writes the watermark under the exclusive watermark lock, which waits for every decision in flight (see
+        the module doc); durable once the COMMIT's reply is back."""
+        high_watermark = valid_high_watermark(slot, epoch)
+
+        async def body(connection: AsyncConnection[Any]) -> None:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock(%s)", (HIGH_WATERMARK_LOCK_KEY,))
+                await connection.execute(SET_HIGH_WATERMARK_SQL, (high_watermark.slot, high_watermark.epoch))
+
+        await self._transaction([], body)
+        return high_watermark
+
+    async def high_watermark(self) -> HighWatermark | None:
+        async def body(connection: AsyncConnection[Any]) -> HighWatermark | None:
+            return await _read_high_watermark(connection)
+
+        return await self._transaction([], body)
+
+    async def remove_high_watermark(self) -> None:
+        async def body(connection: AsyncConnection[Any]) -> None:
+            await connection.execute("DELETE FROM high_watermark")
+
+        await self._transaction([], body)
+
     async def save_checkpoint(self) -> CheckpointInfo:
         """Nothing to write: every decision is in the database's WAL once committed, and the database takes its
         own checkpoints. Reports the newest sequence number and the validator count."""
@@ -998,6 +1057,11 @@ async def _open_schema(connection: AsyncConnection[Any], root: bytes | None, whe
                 await connection.execute(statement)
             await connection.execute("UPDATE sidecar_meta SET schema_version = %s", (target,))
     return pinned
+
+
+async def _read_high_watermark(connection: AsyncConnection[Any]) -> HighWatermark | None:
+    row = await (await connection.execute(SELECT_HIGH_WATERMARK_SQL)).fetchone()
+    return None if row is None else HighWatermark(int(row[0]), int(row[1]))
 
 
 def _decision_record(row: Sequence[Any]) -> DecisionRecord:

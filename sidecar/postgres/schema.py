@@ -1,6 +1,6 @@
 """The database schema, its versions and migrations, and how histories map to rows.
 
-Schema version 1 (every number is a BIGINT):
+Schema version 2 (every number is a BIGINT):
 
     sidecar_meta        one row: schema_version, genesis_validators_root (pinned by the first start), created_at
     sidecar_sequence    the sequence numbering decisions, registrations and imports (the audit trail's order)
@@ -13,6 +13,11 @@ Schema version 1 (every number is a BIGINT):
                         later votes at one target, which only imported slashable data holds
     decisions           sequence primary key, pubkey, kind (1 block, 2 attestation), slot | source_epoch and
                         target_epoch, signing_root, reason (the proto Reason number), unix_nanos: every decision
+    high_watermark      at most one row (version 2): slot, epoch, set_at; no row, no watermark
+
+Version 1 is version 2 without `high_watermark`; the migration to 2 only creates that table. A sidecar of
+version 1 (0.2.0) refuses to start on a database of version 2 (newer than its code), but one started before the
+migration keeps serving and knows nothing of the watermark: finish upgrading every replica before setting one.
 
 How a `ValidatorHistory` is held, exactly: its blocks are the `blocks` rows; its attestations, ordered by (target,
 source), are the `attestations` rows plus the `attestation_conflicts` rows; its floors are the validator row's
@@ -28,7 +33,9 @@ lock (see `sidecar.postgres.backend`).
 
 Slots and epochs are u64 and a BIGINT is signed: a value is stored as the BIGINT with the same 64 bits
 (`to_db`/`from_db`), so every real value reads as itself and values at 2^63 and above read negative. No query
-compares them by range (deletions name the exact rows), so the wrap changes no result.
+compares them by range (deletions name the exact rows), so the wrap changes no result. The high watermark is the
+exception: it is compared by range, so it is stored as itself, and values from 2^63 are refused before they
+reach the database (`sidecar.backend.valid_high_watermark`; the table's CHECKs are the backstop).
 
 Versions: `SCHEMA_VERSION` is what this code knows. The first start on an empty database creates everything and
 pins the root; a start on a database of an older version applies the missing migrations in one transaction; a
@@ -42,7 +49,7 @@ from typing import Any
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "U64_WRAP", "from_db", "to_db"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 U64_WRAP = 1 << 64
 _I64_LIMIT = 1 << 63
 # Arbitrary, fixed: the advisory lock key taken while the schema is created or migrated.
@@ -125,8 +132,19 @@ _V1 = (
     "CREATE INDEX decisions_by_pubkey ON decisions (pubkey, sequence)",
 )
 
+_V2 = (
+    """
+    CREATE TABLE high_watermark (
+        singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+        slot BIGINT NOT NULL CHECK (slot >= 0),
+        epoch BIGINT NOT NULL CHECK (epoch >= 0 AND epoch <= slot),
+        set_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    )
+    """,
+)
+
 # (version reached, statements), in order. A migration never rewrites an older one: it only adds to the list.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
 
 
 def history_rows(history: Any) -> tuple[list[tuple[int, bytes | None]], list[tuple[int, int, bytes | None]]]:

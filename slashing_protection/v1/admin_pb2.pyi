@@ -120,3 +120,29 @@ class ListDecisionsRequest(_message.Message):
     pubkey: bytes
     since_sequence: int
     def __init__(self, pubkey: _Optional[bytes] = ..., since_sequence: _Optional[int] = ...) -> None: ...
+
+class SetHighWatermarkRequest(_message.Message):
+    __slots__ = ("slot", "epoch")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    epoch: int
+    def __init__(self, slot: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class GetHighWatermarkRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RemoveHighWatermarkRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HighWatermarkResponse(_message.Message):
+    __slots__ = ("set", "slot", "epoch")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    set: bool
+    slot: int
+    epoch: int
+    def __init__(self, set: _Optional[bool] = ..., slot: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,21 @@ class AdminServiceStub:
                 request_serializer=slashing__protection_dot_v1_dot_admin__pb2.ListDecisionsRequest.SerializeToString,
                 response_deserializer=slashing__protection_dot_v1_dot_admin__pb2.DecisionRecord.FromString,
                 _registered_method=True)
+        self.SetHighWatermark = channel.unary_unary(
+                '/slashing_protection.v1.AdminService/SetHighWatermark',
+                request_serializer=slashing__protection_dot_v1_dot_admin__pb2.SetHighWatermarkRequest.SerializeToString,
+                response_deserializer=slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.FromString,
+                _registered_method=True)
+        self.GetHighWatermark = channel.unary_unary(
+                '/slashing_protection.v1.AdminService/GetHighWatermark',
+                request_serializer=slashing__protection_dot_v1_dot_admin__pb2.GetHighWatermarkRequest.SerializeToString,
+                response_deserializer=slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.FromString,
+                _registered_method=True)
+        self.RemoveHighWatermark = channel.unary_unary(
+                '/slashing_protection.v1.AdminService/RemoveHighWatermark',
+                request_serializer=slashing__protection_dot_v1_dot_admin__pb2.RemoveHighWatermarkRequest.SerializeToString,
+                response_deserializer=slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -87,6 +102,29 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHighWatermark(self, request, context):
+        """The global high watermark: while one is set, no key signs a block at or beyond its slot, nor an attestation
+        whose source or target epoch is at or beyond its epoch (REASON_AT_OR_BEYOND_HIGH_WATERMARK). It lets an
+        operator stop an old cluster at epoch N and start a new one at N. Set replaces any watermark in force (it may
+        move either way); Set and Remove are durable before they return, and every decision that starts after one has
+        returned sees it. Each returns the watermark in force once the call has taken effect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHighWatermark(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveHighWatermark(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +147,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListDecisions,
                     request_deserializer=slashing__protection_dot_v1_dot_admin__pb2.ListDecisionsRequest.FromString,
                     response_serializer=slashing__protection_dot_v1_dot_admin__pb2.DecisionRecord.SerializeToString,
+            ),
+            'SetHighWatermark': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHighWatermark,
+                    request_deserializer=slashing__protection_dot_v1_dot_admin__pb2.SetHighWatermarkRequest.FromString,
+                    response_serializer=slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.SerializeToString,
+            ),
+            'GetHighWatermark': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHighWatermark,
+                    request_deserializer=slashing__protection_dot_v1_dot_admin__pb2.GetHighWatermarkRequest.FromString,
+                    response_serializer=slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.SerializeToString,
+            ),
+            'RemoveHighWatermark': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveHighWatermark,
+                    request_deserializer=slashing__protection_dot_v1_dot_admin__pb2.RemoveHighWatermarkRequest.FromString,
+                    response_serializer=slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +272,87 @@ class AdminService:
             '/slashing_protection.v1.AdminService/ListDecisions',
             slashing__protection_dot_v1_dot_admin__pb2.ListDecisionsRequest.SerializeToString,
             slashing__protection_dot_v1_dot_admin__pb2.DecisionRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHighWatermark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slashing_protection.v1.AdminService/SetHighWatermark',
+            slashing__protection_dot_v1_dot_admin__pb2.SetHighWatermarkRequest.SerializeToString,
+            slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHighWatermark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slashing_protection.v1.AdminService/GetHighWatermark',
+            slashing__protection_dot_v1_dot_admin__pb2.GetHighWatermarkRequest.SerializeToString,
+            slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveHighWatermark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slashing_protection.v1.AdminService/RemoveHighWatermark',
+            slashing__protection_dot_v1_dot_admin__pb2.RemoveHighWatermarkRequest.SerializeToString,
+            slashing__protection_dot_v1_dot_admin__pb2.HighWatermarkResponse.FromString,
             options,
             channel_credentials,
             insecure,

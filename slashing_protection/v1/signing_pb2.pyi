@@ -27,6 +27,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_TARGET_EPOCH_AT_OR_BELOW_LOWER_BOUND: _ClassVar[Reason]
     REASON_SOURCE_EPOCH_GREATER_THAN_TARGET_EPOCH: _ClassVar[Reason]
     REASON_VALIDATOR_NOT_REGISTERED: _ClassVar[Reason]
+    REASON_AT_OR_BEYOND_HIGH_WATERMARK: _ClassVar[Reason]
 VERDICT_UNSPECIFIED: Verdict
 VERDICT_ALLOWED: Verdict
 VERDICT_REFUSED: Verdict
@@ -42,6 +43,7 @@ REASON_SOURCE_EPOCH_BELOW_LOWER_BOUND: Reason
 REASON_TARGET_EPOCH_AT_OR_BELOW_LOWER_BOUND: Reason
 REASON_SOURCE_EPOCH_GREATER_THAN_TARGET_EPOCH: Reason
 REASON_VALIDATOR_NOT_REGISTERED: Reason
+REASON_AT_OR_BEYOND_HIGH_WATERMARK: Reason
 
 class SigningDecision(_message.Message):
     __slots__ = ("verdict", "reason", "message", "sequence")

@@ -7,7 +7,10 @@ Protocol only, plus one look below it (how far the backend is durable) and one l
 * a batch is decided in order and durable as a whole;
 * a durability failure raises the backend-neutral `BackendUnavailableError`, never an answer;
 * registration, import, export, summary, the audit trail and checkpoints do what the contract says, and what was
-  acknowledged survives close and reopen.
+  acknowledged survives close and reopen;
+* the global high watermark refuses what is at or beyond it (after the unregistered key, before the key's own
+  rules), batches included, is durable when set or removed, survives close and reopen, and a value no database
+  can hold is refused without changing anything.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import psycopg
 import pytest
 
 from sidecar.backend import AttestationRequest, Backend, DatabaseLocation, ImportStatus, open_backend
-from sidecar.errors import BackendUnavailableError, UnknownValidatorError
+from sidecar.errors import BackendUnavailableError, InvalidRequestError, UnknownValidatorError
 from sidecar.local import LocalBackend
 from sidecar.postgres import PostgresBackend
-from sidecar.rules import Reason
+from sidecar.rules import HighWatermark, Reason
 from sidecar.store import StoreOptions
 from tests.storage.fakes import FaultyFileOps
 
@@ -198,5 +201,104 @@ def test_import_export_summary_decisions_and_checkpoint(location: Location) -> N
 def test_close_is_idempotent(location: Location) -> None:
     async def scenario(backend: Backend) -> None:
         await backend.close()
+
+    run(scenario, location)
+
+
+BEYOND = Reason.AT_OR_BEYOND_HIGH_WATERMARK
+
+
+def high_watermark_as_stored(backend: Backend) -> HighWatermark | None:
+    """The watermark as a restart would find it (the one look below the seam, as `durable_through`): local, the
+    log is durable through its last record (a Set or Remove is its last); PostgreSQL, what another session
+    reads."""
+    if isinstance(backend, LocalBackend):
+        log = backend.store.log
+        assert log.durable_sequence == log.last_sequence
+        return backend.store.high_watermark
+    assert isinstance(backend, PostgresBackend)
+    with psycopg.connect(backend.url, autocommit=True) as connection:
+        row = connection.execute("SELECT slot, epoch FROM high_watermark").fetchone()
+    return None if row is None else HighWatermark(row[0], row[1])
+
+
+def test_the_high_watermark_refuses_what_is_at_or_beyond_it(location: Location) -> None:
+    watermark = HighWatermark(3200, 100)
+
+    async def scenario(backend: Backend) -> None:
+        assert backend.startup.high_watermark is None and await backend.high_watermark() is None
+        await backend.register_validators([key(1), key(2)])
+        assert (await backend.check_and_record_block(key(1), 3199, A))[0].reason is Reason.ALLOWED_NEW
+        assert await backend.set_high_watermark(3200, 100) == watermark
+        assert high_watermark_as_stored(backend) == watermark
+        assert await backend.high_watermark() == watermark
+
+        assert (await backend.check_and_record_block(key(1), 3200, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_block(key(2), 3201, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_block(key(1), 3199, A))[0].reason is Reason.ALLOWED_REPEAT
+        assert (await backend.check_and_record_block(key(1), 3199, B))[0].reason is Reason.DOUBLE_PROPOSAL
+        assert (await backend.check_and_record_attestation(key(1), 99, 100, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_attestation(key(1), 100, 99, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_attestation(key(1), 98, 99, A))[0].reason is Reason.ALLOWED_NEW
+        # An unregistered key is refused as such first: the order of the checks is the rules'.
+        assert (await backend.check_and_record_block(key(9), 5000, A))[0].reason is Reason.VALIDATOR_NOT_REGISTERED
+        decided = await backend.check_and_record_attestations(
+            [AttestationRequest(key(2), 99, 100, A), AttestationRequest(key(9), 200, 201, A)]
+        )
+        assert [decision.reason for decision, _ in decided] == [BEYOND, Reason.VALIDATOR_NOT_REGISTERED]
+        decided = await backend.check_and_record_attestations(
+            [AttestationRequest(key(1), 99, 100, B), AttestationRequest(key(2), 98, 99, B)]
+        )
+        assert [decision.reason for decision, _ in decided] == [BEYOND, Reason.ALLOWED_NEW]
+        # Refusals are recorded like every other decision.
+        records = [record async for record in backend.decisions(key(1))]
+        assert [record.reason for record in records].count(BEYOND) == 4
+        summary = await backend.summary(key(1))
+        assert summary is not None and summary.highest_slot == 3199 and summary.highest_target_epoch == 99
+        # Set replaces the watermark, either way.
+        assert await backend.set_high_watermark(1600, 50) == HighWatermark(1600, 50)
+        assert (await backend.check_and_record_block(key(2), 3000, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_attestation(key(2), 49, 50, A))[0].reason is BEYOND
+
+    run(scenario, location)
+
+    async def reopened(backend: Backend) -> None:
+        assert backend.startup.high_watermark == HighWatermark(1600, 50)
+        assert await backend.high_watermark() == HighWatermark(1600, 50)
+        assert (await backend.check_and_record_block(key(2), 3000, A))[0].reason is BEYOND
+        await backend.remove_high_watermark()
+        assert high_watermark_as_stored(backend) is None and await backend.high_watermark() is None
+        assert (await backend.check_and_record_block(key(2), 3000, A))[0].reason is Reason.ALLOWED_NEW
+        assert (await backend.check_and_record_attestation(key(1), 99, 100, A))[0].reason is Reason.ALLOWED_NEW
+        await backend.remove_high_watermark()  # nothing to remove is not an error
+
+    run(reopened, location)
+
+    async def removed(backend: Backend) -> None:
+        assert backend.startup.high_watermark is None and await backend.high_watermark() is None
+
+    run(removed, location)
+
+
+def test_a_high_watermark_no_database_can_hold_is_refused_and_changes_nothing(location: Location) -> None:
+    refused = [
+        (2**63, 0, "slot 9223372036854775808 is out of range"),
+        (2**64 - 1, 5, "slot 18446744073709551615 is out of range"),
+        (2**63 - 1, 2**63, "epoch 9223372036854775808 is out of range"),
+        (-1, 0, "slot -1 is out of range"),
+        (31, 32, "slot 31 is below its epoch 32"),
+    ]
+
+    async def scenario(backend: Backend) -> None:
+        await backend.set_high_watermark(3200, 100)
+        for slot, epoch, detail in refused:
+            with pytest.raises(InvalidRequestError, match=detail):
+                await backend.set_high_watermark(slot, epoch)
+            assert await backend.high_watermark() == HighWatermark(3200, 100)
+        # The bounds themselves are fine: 0 refuses everything, 2^63 - 1 nothing real.
+        assert await backend.set_high_watermark(0, 0) == HighWatermark(0, 0)
+        top = 2**63 - 1
+        assert await backend.set_high_watermark(top, top) == HighWatermark(top, top)
+        assert high_watermark_as_stored(backend) == HighWatermark(top, top)
 
     run(scenario, location)

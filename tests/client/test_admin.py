@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.client import (
     AsyncSidecarClient,
+    HighWatermark,
     ImportStatus,
     Reason,
     ServingStatus,
@@ -118,3 +119,33 @@ def test_async_admin_and_interchange(server: Running, tmp_path: Path) -> None:
             assert written == (tmp_path / "out.json").stat().st_size
 
     asyncio.run(scenario())
+
+
+def test_the_high_watermark_sync_and_async(client: SidecarClient, server: Running) -> None:
+    key = pubkey(6)
+    client.register([key])
+    assert client.high_watermark() is None
+    assert client.set_high_watermark(3200, 100) == HighWatermark(3200, 100)
+    assert client.high_watermark() == HighWatermark(3200, 100)
+    refused = client.check_block(key, 3200, signing_root(1))
+    assert (refused.allowed, refused.reason) == (False, Reason.AT_OR_BEYOND_HIGH_WATERMARK)
+    with pytest.raises(SidecarRefusedRequestError, match="slot 31 is below its epoch 32"):
+        client.set_high_watermark(31, 32)
+    with pytest.raises(SidecarRefusedRequestError, match=r"must be an integer in \[0, 2\*\*64\).*not sent"):
+        client.set_high_watermark(-1, 0)
+    assert client.high_watermark() == HighWatermark(3200, 100)
+
+    async def scenario() -> None:
+        async with AsyncSidecarClient(server.address, genesis_validators_root=ROOT) as sidecar:
+            assert await sidecar.high_watermark() == HighWatermark(3200, 100)
+            assert await sidecar.set_high_watermark(64, 2) == HighWatermark(64, 2)
+            assert (await sidecar.check_attestation(key, 1, 2, signing_root(2))).reason is (
+                Reason.AT_OR_BEYOND_HIGH_WATERMARK
+            )
+            await sidecar.remove_high_watermark()
+            assert await sidecar.high_watermark() is None
+            assert (await sidecar.check_attestation(key, 1, 2, signing_root(2))).allowed
+
+    asyncio.run(scenario())
+    assert client.high_watermark() is None
+    client.remove_high_watermark()

@@ -195,6 +195,25 @@ def test_signer_signs_but_cannot_import_register_export_or_administer(connect: C
     assert refused.reason == signing_pb2.REASON_VALIDATOR_NOT_REGISTERED
 
 
+def test_only_an_admin_may_set_show_or_remove_the_high_watermark(connect: Connect, roles: Roles) -> None:
+    signer, admin = connect(roles.signer), connect(roles.admin)
+    key = pubkey(47)
+    admin.register(key)
+    error = denied(signer.admin.SetHighWatermark, admin_pb2.SetHighWatermarkRequest(slot=0, epoch=0), timeout=10)
+    assert SIGNER_CN in str(error.details()) and "--tls-admin-identity" in str(error.details())
+    denied(signer.admin.GetHighWatermark, admin_pb2.GetHighWatermarkRequest(), timeout=10)
+    denied(signer.admin.RemoveHighWatermark, admin_pb2.RemoveHighWatermarkRequest(), timeout=10)
+    # The denied Set changed nothing: no watermark, and the signer still signs.
+    assert not admin.admin.GetHighWatermark(admin_pb2.GetHighWatermarkRequest(), timeout=10).set
+    assert signer.block(key, 30, root(9)).verdict == signing_pb2.VERDICT_ALLOWED
+    try:
+        response = admin.admin.SetHighWatermark(admin_pb2.SetHighWatermarkRequest(slot=31, epoch=0), timeout=10)
+        assert (response.set, response.slot, response.epoch) == (True, 31, 0)
+        assert signer.block(key, 31, root(9)).reason == signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
+    finally:
+        admin.admin.RemoveHighWatermark(admin_pb2.RemoveHighWatermarkRequest(), timeout=10)
+
+
 def test_admin_imports_registers_and_exports_but_cannot_sign(connect: Connect, roles: Roles) -> None:
     admin, signer = connect(roles.admin), connect(roles.signer)
     key = pubkey(42)

@@ -61,7 +61,7 @@ def test_a_newer_schema_and_an_empty_database_without_root_are_refused(postgres_
         connection.execute("UPDATE sidecar_meta SET schema_version = 99")
     code, output = serve("--database-url", postgres_url)
     assert code == 1
-    assert "has schema version 99, newer than this sidecar's (1): upgrade the sidecar" in one_error_line(output)
+    assert "has schema version 99, newer than this sidecar's (2): upgrade the sidecar" in one_error_line(output)
 
 
 def test_a_database_that_can_lose_a_commit_is_refused_unless_allowed(

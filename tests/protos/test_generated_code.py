@@ -33,4 +33,5 @@ def test_contract_names_are_generated() -> None:
     assert signing_pb2.DESCRIPTOR.package == "slashing_protection.v1"
     reasons = set(signing_pb2.Reason.keys())
     assert "REASON_UNSPECIFIED" in reasons and all(r.startswith("REASON_") for r in reasons)
-    assert len(reasons) == 12  # unspecified + the eleven reasons the contract names
+    # Unspecified, the eleven reasons the contract names, and the high watermark's (an addition).
+    assert len(reasons) == 13

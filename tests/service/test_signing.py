@@ -167,10 +167,14 @@ def test_attestation_reason_in_a_batch(server: Running, case: AttestationCase) -
 
 
 def test_every_reason_is_reachable() -> None:
-    """The two tables above reach every reason of the contract except the unregistered key (tested below)."""
+    """The two tables above reach every reason of the contract except the unregistered key (tested below) and
+    the high watermark (test_high_watermark)."""
     reached = {case.reason for case in BLOCK_CASES} | {case.reason for case in ATTESTATION_CASES}
     every = {value for value in signing_pb2.Reason.values() if value != signing_pb2.REASON_UNSPECIFIED}
-    assert every - reached == {signing_pb2.REASON_VALIDATOR_NOT_REGISTERED}
+    assert every - reached == {
+        signing_pb2.REASON_VALIDATOR_NOT_REGISTERED,
+        signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK,
+    }
 
 
 def test_unregistered_key_is_refused_and_the_refusal_recorded(server: Running) -> None:

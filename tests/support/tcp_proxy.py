@@ -1,7 +1,7 @@
 """A TCP proxy between the sidecar and PostgreSQL, for faults no real server makes on demand: cutting a
 connection when the server's reply to a COMMIT passes (the commit happened, its reply never arrives), and
 counting the round trips a decision costs (a client flight: the bytes a client sends after the server last
-spoke, a lone pipeline Sync excepted, and probes of the watchdog left out)."""
+spoke, pipeline Sync and Flush messages alone excepted, and probes of the watchdog left out)."""
 
 from __future__ import annotations
 
@@ -69,13 +69,16 @@ class TcpProxy:
         try:
             while data := client.recv(65536):
                 with self._lock:
-                    # A lone Sync message right after a pipeline's statements is not a wait: the client sends it
-                    # without waiting for their results (the server merely answered the flushed ones first).
-                    lone_sync = data == b"S\x00\x00\x00\x04"
-                    if state["server_spoke"] and not lone_sync and not any(m in data for m in self.ignored):
+                    # Sync and Flush messages alone, right after a pipeline's statements, are not a wait: the
+                    # client sends them without waiting for the statements' results (the server merely answered
+                    # the flushed ones first). They neither count as a flight nor start one, or the next
+                    # statements, sent before the server answers them, would go uncounted.
+                    control_only = _only_sync_or_flush(data)
+                    if state["server_spoke"] and not control_only and not any(m in data for m in self.ignored):
                         self.flights += 1
                         self.flight_log.append(data[:60])
-                    state["server_spoke"] = False
+                    if not control_only:
+                        state["server_spoke"] = False
                 server.sendall(data)
         except OSError:
             pass
@@ -102,3 +105,11 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+_SYNC_OR_FLUSH = (b"S\x00\x00\x00\x04", b"H\x00\x00\x00\x04")
+
+
+def _only_sync_or_flush(data: bytes) -> bool:
+    """The bytes are nothing but PostgreSQL Sync and Flush messages (5 bytes each)."""
+    return len(data) % 5 == 0 and all(data[i : i + 5] in _SYNC_OR_FLUSH for i in range(0, len(data), 5))
