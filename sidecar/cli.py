@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -278,15 +279,36 @@ def _require_target(args: argparse.Namespace) -> None:
         raise ConfigurationError(f"{args.command}: give --data-dir DIR, --server HOST:PORT or --database-url URL")
 
 
-def _on_database(
-    args: argparse.Namespace, root: bytes | None, work: Callable[[Any], Any], options: Any = None
+def _on_backend(
+    args: argparse.Namespace,
+    root: bytes | None,
+    work: Callable[[Any], Any],
+    options: Any = None,
+    create: bool = False,
 ) -> Any:
-    """Runs `work(backend)` (a coroutine function) on the shared database of --database-url, then closes it."""
+    """Runs `work(backend)` (a coroutine function) on the protection database the command names, `--database-url`
+    or `--data-dir`, opened through the factory the server uses (`sidecar.backend.open_backend`), then closes it.
+
+    Only commands that may create a data directory pass `create`; the others refuse a directory without an identity
+    file before anything is created. A data directory held by a running server is refused (its lock), and one that
+    only answered questions closes without writing a checkpoint.
+    """
     from sidecar.backend import DatabaseLocation, open_backend
-    from sidecar.store import StoreOptions
+    from sidecar.store import IDENTITY_FILE, StoreOptions
+
+    location: Path | DatabaseLocation
+    if args.database_url:
+        location = DatabaseLocation(args.database_url)
+    else:
+        location = Path(args.data_dir)
+        if not create and not (location / IDENTITY_FILE).is_file():
+            raise ConfigurationError(f"{location} is not a sidecar data directory (no {IDENTITY_FILE})")
+
+    # A one-off command checkpoints a data directory only when it changed something.
+    options = replace(options or StoreOptions(), checkpoint_at_close=False)
 
     async def body() -> Any:
-        backend = await open_backend(DatabaseLocation(args.database_url), root, options or StoreOptions())
+        backend = await open_backend(location, root, options)
         try:
             return await work(backend)
         finally:
@@ -390,23 +412,6 @@ def _window(value: int | None) -> int | None:
     return value or None
 
 
-@contextlib.contextmanager
-def _offline_store(
-    data_dir: Path, root: bytes | None, options: Any = None, create: bool = False, writes: bool = True
-) -> Iterator[Any]:
-    """The store of DIR for an offline command (default StoreOptions unless given); only commands that may
-    create DIR pass `create`. Commands that change nothing (`writes=False`) close without writing a checkpoint."""
-    from sidecar.store import IDENTITY_FILE, Store
-
-    if not create and not (data_dir / IDENTITY_FILE).is_file():
-        raise ConfigurationError(f"{data_dir} is not a sidecar data directory (no {IDENTITY_FILE})")
-    store = Store.open_or_create(data_dir, root, options)
-    try:
-        yield store
-    finally:
-        store.close(final_checkpoint=writes)
-
-
 class _Progress:
     """A progress line on a terminal; a log line every few seconds otherwise."""
 
@@ -500,30 +505,18 @@ def cmd_import(args: argparse.Namespace) -> int:
         with _client(args) as client, _server_input(path) as document:
             report = client.import_interchange(document)
         return _print_import_result(report, sys.stdout)
-    from sidecar.store import IDENTITY_FILE, StoreOptions, bulk_loading, stage_import
+    from sidecar.local import create_from_interchange
+    from sidecar.store import IDENTITY_FILE, StoreOptions
 
     root = _root_from(args)
     options = StoreOptions(strategy=_strategy(args.strategy))
     progress = _Progress(f"importing {path}")
-    if args.database_url:
-        with _open_input(path) as source:
-            result = _on_database(
-                args, root, lambda backend: backend.import_interchange(source, progress), options
-            )
-        progress.done()
-        return _print_import_result(result, sys.stdout)
-    data_dir = Path(args.data_dir)
     with _open_input(path) as source:
-        if (data_dir / IDENTITY_FILE).is_file():
-            with _offline_store(data_dir, root, options) as store:
-                result = store.import_interchange(source, progress=progress)
+        if args.database_url or (Path(args.data_dir) / IDENTITY_FILE).is_file():
+            result = _on_backend(args, root, lambda backend: backend.import_interchange(source, progress), options)
         else:
-            # A new directory takes the document's root, and is created only for a document that is valid whole:
-            # stage it all first (one reading of the file), so a refused import leaves nothing behind.
-            with bulk_loading():
-                staged = stage_import(source, options, progress=progress, genesis_validators_root=root)
-                with _offline_store(data_dir, staged.genesis_validators_root, options, create=True) as store:
-                    result = store.import_staged(staged)
+            # A new data directory takes the document's root, and is created only for a document valid whole.
+            result = create_from_interchange(Path(args.data_dir), source, options, root, progress)
     progress.done()
     return _print_import_result(result, sys.stdout)
 
@@ -579,15 +572,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         with _client(args) as client, _open_output(args.file) as out:
             client.export_interchange(out, pubkeys or ())
         count = len(pubkeys) if pubkeys else -1
-    elif args.database_url:
-        progress = _Progress(f"exporting to {args.file}")
-        with _open_output(args.file) as out:
-            count = _on_database(args, None, lambda backend: backend.export_interchange(out, pubkeys, progress))
-        progress.done()
     else:
         progress = _Progress(f"exporting to {args.file}")
-        with _offline_store(Path(args.data_dir), None, writes=False) as store, _open_output(args.file) as out:
-            count = store.export_interchange(out, pubkeys, progress=progress)
+        with _open_output(args.file) as out:
+            count = _on_backend(args, None, lambda backend: backend.export_interchange(out, pubkeys, progress))
         progress.done()
     where = "standard output" if args.file == "-" else args.file
     what = "every registered validator" if count < 0 else f"{count} validators"
@@ -633,6 +621,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:
+    configure_logging()
     _require_target(args)
     pubkey = _pubkey(args.pubkey) if args.pubkey else None
     since = int(args.since_sequence)
@@ -644,7 +633,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         async def collect(backend: Any) -> list[dict[str, object]]:
             return [record.to_json() async for record in backend.decisions(pubkey, since)]
 
-        records = iter(_on_database(args, None, collect))
+        records = iter(_on_backend(args, None, collect))
     else:
         from sidecar.audit import read_decisions
         from sidecar.storage import FileOps
@@ -658,16 +647,13 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    configure_logging()
     _require_target(args)
     pubkey = _pubkey(args.pubkey)
     if args.server:
         document = _summary_from_server(args, pubkey)
-    elif args.database_url:
-        document = _summary_json(pubkey, _on_database(args, None, lambda backend: backend.summary(pubkey)))
     else:
-        with _offline_store(Path(args.data_dir), None, writes=False) as store:
-            summary = store.summary(pubkey)
-        document = _summary_json(pubkey, summary)
+        document = _summary_json(pubkey, _on_backend(args, None, lambda backend: backend.summary(pubkey)))
     print(json.dumps(document, indent=2))
     return EXIT_OK if document["registered"] else EXIT_FAILED
 
@@ -685,19 +671,19 @@ def _summary_json(pubkey: bytes, summary: Any) -> dict[str, object]:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    configure_logging()
     _require_target(args)
     pubkeys = [_pubkey(p) for p in args.pubkey]
     if args.server:
         with _client(args) as client:
             registration = client.register(pubkeys)
         registered, already = registration.registered, registration.already_registered
-    elif args.database_url:
-        registration = _on_database(args, _root_from(args), lambda backend: backend.register_validators(pubkeys))
-        registered, already = registration.registered, registration.already_registered
     else:
         root = _root_from(args)
-        with _offline_store(Path(args.data_dir), root, create=root is not None) as store:
-            registered, already, _ = store.register_validators(pubkeys)
+        registration = _on_backend(
+            args, root, lambda backend: backend.register_validators(pubkeys), create=root is not None
+        )
+        registered, already = registration.registered, registration.already_registered
     print(f"registered {registered} validators ({already} already registered)")
     return EXIT_OK
 
@@ -711,6 +697,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_watermark(args: argparse.Namespace) -> int:
+    configure_logging()
     from sidecar.vocabulary import describe_high_watermark
 
     _require_target(args)
@@ -740,7 +727,7 @@ def cmd_watermark(args: argparse.Namespace) -> int:
                 high_watermark = None
             else:
                 high_watermark = client.high_watermark()
-    elif args.database_url:
+    else:
 
         async def work(backend: Any) -> Any:
             if action == "set":
@@ -749,16 +736,7 @@ def cmd_watermark(args: argparse.Namespace) -> int:
                 return await backend.remove_high_watermark()
             return await backend.high_watermark()
 
-        high_watermark = _on_database(args, None, work)
-    else:
-        from sidecar.backend import valid_high_watermark
-
-        with _offline_store(Path(args.data_dir), None, writes=action != "show") as store:
-            if action == "show":
-                high_watermark = store.high_watermark
-            else:
-                high_watermark = valid_high_watermark(slot, epoch) if action == "set" else None
-                store.log.wait_durable(store.record_high_watermark(high_watermark))
+        high_watermark = _on_backend(args, None, work)
     if action == "set":
         print(f"set the {describe_high_watermark(high_watermark)}")
     elif action == "remove":

@@ -14,8 +14,10 @@ The package's layout is its parts, each with one owner:
 * ``imports``, ``export``, ``checkpoints``: EIP-3076 import (staging and apply), export, checkpoint writing.
 * ``gc``: process-wide collector tuning while a large state is built.
 
-`LocalBackend` is imported lazily, so that offline tools (verify, audit, repair) load no event loop machinery,
-and so that `sidecar.audit`, which `backend` itself uses, can use `layout` without an import cycle.
+`create_from_interchange` is the one local operation without a counterpart behind the seam: creating a data
+directory from an EIP-3076 document (the offline `import` into a new directory). Both names are imported lazily,
+so that offline tools (verify, audit, repair) load no event loop machinery, and so that `sidecar.audit`, which
+`backend` itself uses, can use `layout` without an import cycle.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sidecar.local.backend import LocalBackend
+    from sidecar.local.store import create_from_interchange
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "create_from_interchange"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,4 +36,8 @@ def __getattr__(name: str) -> Any:
         from sidecar.local.backend import LocalBackend
 
         return LocalBackend
+    if name == "create_from_interchange":
+        from sidecar.local.store import create_from_interchange
+
+        return create_from_interchange
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,10 @@ class StoreOptions:
     history_window_epochs: int | None = DEFAULT_HISTORY_WINDOW_EPOCHS
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     checkpoint_keep: int = 3
+    # A final checkpoint when the store closes: always (a server's stop, so the next start replays nothing), or
+    # (False) only when something was recorded since it opened, so that a one-off command that only answered
+    # questions (an offline `summary`, `export`, `watermark show`) leaves the directory as it found it.
+    checkpoint_at_close: bool = True
     archive_segments: bool = False
     fileops: FileOps = field(default_factory=FileOps)
     clock_ns: Callable[[], int] = time.time_ns

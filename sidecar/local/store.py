@@ -74,6 +74,7 @@ class Store:
         self._now = options.clock_ns
         self.recovery = recovery
         self.last_checkpoint_unix = last_checkpoint_unix
+        self._opened_through = log.last_sequence
         self._closed = False
 
     # ---------------------------------------------------------------- opening
@@ -300,11 +301,16 @@ class Store:
 
     # ---------------------------------------------------------------- closing
 
-    def close(self, final_checkpoint: bool = True) -> None:
-        """Makes the log durable, writes a final checkpoint (by default) and releases DIR."""
+    def close(self, final_checkpoint: bool | None = None) -> None:
+        """Makes the log durable, writes a final checkpoint and releases DIR.
+
+        `final_checkpoint` None (the default) follows `StoreOptions.checkpoint_at_close`.
+        """
         if self._closed:
             return
         self._closed = True
+        if final_checkpoint is None:
+            final_checkpoint = self.options.checkpoint_at_close or self._log.last_sequence != self._opened_through
         try:
             self._log.sync()
             if final_checkpoint:
@@ -312,3 +318,26 @@ class Store:
         finally:
             self._log.close()
             self._dir_lock.release()
+
+
+def create_from_interchange(
+    data_dir: Path,
+    source: BinaryIO,
+    options: StoreOptions,
+    genesis_validators_root: bytes | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    """Creates the data directory `data_dir` from an EIP-3076 document: the one local operation with no
+    counterpart behind the seam, because the directory takes the document's genesis validators root (or refuses a
+    document for another one than `genesis_validators_root`, when given).
+
+    The whole document is staged first (one reading of the file), and the directory created only for a document
+    that is valid whole: a refused import leaves nothing behind.
+    """
+    with bulk_loading():
+        staged = stage_import(source, options, progress=progress, genesis_validators_root=genesis_validators_root)
+        store = Store.open_or_create(data_dir, staged.genesis_validators_root, options)
+        try:
+            return store.import_staged(staged)
+        finally:
+            store.close()

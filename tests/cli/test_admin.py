@@ -169,3 +169,29 @@ def test_checkpoint_through_the_server_writes_a_checkpoint(served: Served) -> No
 def test_server_commands_fail_cleanly_when_nothing_listens(tmp_path: Path) -> None:
     line = assert_fails(run_cli("summary", "--server", "127.0.0.1:1", "--pubkey", K1, "--timeout", "3"))
     assert "127.0.0.1:1" in line, line
+
+
+def test_offline_commands_that_only_read_leave_the_data_directory_as_they_found_it(tmp_path: Path) -> None:
+    """Offline commands open the directory through the same factory as the server; one that changed nothing
+    writes no checkpoint, one that recorded something does (so the next start replays nothing)."""
+    data_dir = tmp_path / "data"
+    run_ok("register", "--data-dir", data_dir, "--network", "mainnet", "--pubkey", pubkey(1))
+
+    def files() -> dict[str, bytes]:
+        """Every file and its bytes, but the lock file's (it names the last process that held the directory)."""
+        return {
+            str(path.relative_to(data_dir)): path.read_bytes()
+            for path in data_dir.rglob("*")
+            if path.is_file() and path.name != "LOCK"
+        }
+
+    before = files()
+    assert any(name.endswith(".ckpt") for name in before), sorted(before)
+    run_ok("summary", "--data-dir", data_dir, "--pubkey", pubkey(1))
+    run_ok("export", tmp_path / "out.json", "--data-dir", data_dir)
+    run_ok("watermark", "show", "--data-dir", data_dir)
+    run_ok("decisions", "--data-dir", data_dir)
+    assert files() == before
+    run_ok("register", "--data-dir", data_dir, "--pubkey", pubkey(2))
+    after = files()
+    assert {name for name in after if name.endswith(".ckpt")} - set(before), "no checkpoint after a registration"
