@@ -91,10 +91,14 @@ def read_decisions(
     """Decisions with sequence > since_sequence (for one key, or all), from the archive and then the log, each
     once and in order: a power cut while segments move to the archive can leave a segment in both places."""
     newest = since_sequence
-    for directory in DataDirLayout(data_dir).record_dirs:
+    layout = DataDirLayout(data_dir)
+    for directory in layout.record_dirs:
         if not fileops.exists(directory):
             continue
-        for sequence, record_type, payload in read_records(directory, fileops, after_sequence=newest):
+        archive = directory == layout.archive_dir
+        for sequence, record_type, payload in read_records(
+            directory, fileops, after_sequence=newest, archive=archive
+        ):
             if sequence <= newest:
                 continue
             newest = sequence

@@ -6,7 +6,8 @@ payloads as opaque bytes; this module, above it, fixes what they mean. It depend
 `sidecar.domain`) and on storage's framing limit, never on the store. All integers are little-endian; roots are
 32 raw bytes, pubkeys 48.
 
-Log record types (type 0 is reserved by the framing):
+Log record types (1..127: type 0 is reserved by the framing, and bit 7 of the type byte is its mark of the first
+record of a write):
 
 =====  ======================  =============================================================================
 type   name                    payload

@@ -103,7 +103,7 @@ def _verify(data_dir: Path, fileops: FileOps, report: VerifyReport) -> None:
     for directory in layout.record_dirs:
         if not fileops.is_dir(directory):
             continue
-        scan = read_records(directory, fileops)
+        scan = read_records(directory, fileops, archive=directory == layout.archive_dir)
         records = 0
         first = last = None
         try:

@@ -2,21 +2,11 @@
 
 * **Clean end**: every segment ends on a record boundary.
 * **Torn tail**: what an interrupted write leaves at the end of the last segment. Reported in
-  :attr:`LogScan.torn_tail` after the iteration; repairable by :func:`sidecar.storage.repair.repair_torn_tail`.
+  :attr:`LogScan.torn_tail` after the iteration; the sidecar repairs it by itself at start with
+  :func:`sidecar.storage.repair.repair_torn_tail` (truncation at the offset named, the original kept aside).
 * **Corruption**: damage anywhere else, a missing segment, a sequence that does not continue, a log that does
   not reach its checkpoint. Raised as :class:`LogCorruptionError` naming the file and offset; the sidecar must
   refuse to start.
-
-What a power cut leaves, and what recovers by itself: unsynced bytes dropped (the last segment ends earlier),
-a torn final record (the final write cut short, or its missing end reading as zeros up to the end of the file)
-and un-fsynced directory entries reverted all start without an operator, because the damage, if any, runs to
-the end of the last segment and truncating it drops only bytes whose fdatasync never returned. A zeroed hole
-inside the final write followed by intact records (its pages written back out of order) is refused like any
-other damage, fail closed: the bytes alone cannot tell it from a sector of synced, acknowledged records that
-the disk zeroed later, and truncating there could drop ALLOWED decisions a signer already acted on. The
-operator has ``verify`` and ``repair``. Closing that case needs a format change (segment format v2: a marker on
-the first record of each write, so that a reader knows where the final write begins and can confine the
-torn-tail rule to it).
 
 The invariants checked here are listed in :mod:`sidecar.storage.segments`, the outcomes of one record in
 :mod:`sidecar.storage.framing`.
@@ -24,6 +14,66 @@ The invariants checked here are listed in :mod:`sidecar.storage.segments`, the o
 Recovery, in the store's order: :func:`scan_log` (read-only, streaming) → apply the records → if the scan
 found a torn tail, ``repair_torn_tail`` → ``DecisionLog.open`` (:mod:`sidecar.storage.writer`) with the scan's
 ``next_sequence``.
+
+What a power cut leaves, and why the sidecar starts by itself after it
+----------------------------------------------------------------------
+
+A power cut loses or scrambles only bytes whose fsync never returned: unsynced bytes dropped (the last segment
+ends earlier), the final write cut short or its missing end reading as zeros, un-fsynced directory entries
+reverted, and the final write's pages written back out of order, so that a zeroed hole precedes intact records
+of that same write. An ALLOWED answer is given only after the fsync covering its record returned, so dropping
+bytes whose fsync never returned drops no answer a signer acted on. All of these must start without an
+operator; damage to bytes that were synced must not.
+
+**The rule.** Let ``p`` be the first damaged record of the last segment of a format-2 log: the first offset
+where no intact record with the expected sequence starts. The damage is a torn tail, truncated at ``p``, iff
+
+(a) it shows the signature of bytes that never reached the disk: one of framing's torn outcomes with no intact
+    record after it (the data ends inside a record, zeros run to the end, or the final record fails its CRC
+    and holds a zeroed sector piece: the etcd rule); or, with data after the damaged record, a piece of the
+    damaged stretch, from ``p`` to the first intact record after it (or to the last non-zero byte), that reads
+    as a sector never written: zeros up to a 512-byte sector boundary, from the sector's start or from ``p``
+    (:func:`~sidecar.storage.framing.find_unwritten_sector`); and
+(b) no intact record after ``p`` carries the first-of-write flag.
+
+Anything else is corruption at ``p``. Non-zero garbage (bit rot, a stray write) has no zeroed sector and stays
+corruption, in the final write too: a power cut leaves zeros where pages never landed, it flips no bits.
+
+**Why truncating at p drops only bytes whose fsync never returned.** Call the segment's writes ``W1 .. Wn`` in
+file order (they are appended in the order they are issued) and let ``Wk`` hold the record at ``p`` (a record
+is never split between writes). The writer issues ``W(k+1)`` only after ``Wk``'s fdatasync returned (after a
+restart, the open's fsync of the last segment plays that part), and flags ``W(k+1)``'s first record. So if
+``k < n``, ``W(k+1)`` begins after ``p`` and ``Wk`` was synced; if ``W(k+1)``'s first record is intact, (b)
+fails and the scan refuses: damage to synced bytes. When (b) holds, then, either ``k = n``, or the first record
+of every later write is damaged too (the limit below). If ``k = n``, everything from ``p`` on belongs to the
+final write. Its fsync had not returned at the cut, unless the damage came later (the limit below again): none
+of its records was answered ALLOWED (the answer waits for that fsync) and no checkpoint covers them (a
+checkpoint covers durable records only, and the scan refuses a log that ends before its checkpoint anyway).
+Truncating at ``p`` drops part of that write: no more than the power cut itself could have lost.
+
+**The limit: what the bytes cannot tell apart.** Both cases need the disk to destroy bytes after acknowledging
+them as durable, at the very end of the log; nothing in the log's bytes can tell them from a power cut without
+a second copy, and they are accepted:
+
+1. The final write synced and answered, then a sector of it zeroed by the medium: it reads exactly like that
+   write's pages lost in a power cut, and is truncated at ``p`` with the answers after it. (Before format 2
+   this limit already held for the final record alone, through the etcd rule.)
+2. A synced sector of an earlier write ``Wk`` zeroed by the medium together with the loss of the first record of
+   every later write: for instance the next and final write's first record lost in the power cut, or one
+   zeroed 4 KiB page spanning the end of ``Wk`` and the start of ``Wn``. With every later boundary hidden, it
+   reads as case 1.
+
+The repair keeps the whole original segment as ``<segment>.broken`` and logs what it dropped, so an operator can
+still look. Everywhere else (an earlier segment, or any damage followed by the intact start of a later write)
+damage to synced bytes is refused.
+
+A rewrite after a failed write is one write too (:mod:`sidecar.storage.writer`): its first frame is flagged,
+and a frame inside it keeps the flag it was written with, so a hole inside a rewrite followed by such a frame
+is refused, fail closed (a failure, then a power cut during the rewrite, then out-of-order write-back).
+
+A format-1 segment (0.2.0 and earlier) marks no write, so its final write cannot be told apart: damage followed
+by an intact record is refused there, as it always was (the operator has ``verify`` and ``repair``). The writer
+never appends to a format-1 segment, so only a power cut under 0.2.0 can leave one to be judged so.
 """
 
 from __future__ import annotations
@@ -42,8 +92,15 @@ from sidecar.storage.framing import (
     decode_intact_records,
     decode_record,
     find_intact_record,
+    find_unwritten_sector,
 )
-from sidecar.storage.segments import READ_CHUNK_BYTES, SegmentInfo, check_segment_header, list_segments
+from sidecar.storage.segments import (
+    READ_CHUNK_BYTES,
+    SegmentInfo,
+    check_segment_header,
+    decode_header_of,
+    list_segments,
+)
 
 __all__ = [
     "LogRecord",
@@ -80,15 +137,20 @@ class TornTail:
 
 
 class SegmentReader:
-    """Streams one segment's records, checking that they are consecutive from the segment's first sequence.
+    """Streams one segment's records, checking its header and that the records are consecutive from the
+    segment's first sequence.
 
     After :meth:`records` is exhausted, ``outcome`` is END, TORN or CORRUPT, ``end_offset`` is the offset just
-    past the last good record and ``detail`` describes any damage. A TORN outcome is downgraded to CORRUPT
-    when an intact record follows the damage: then it was not a torn write, and truncating would destroy
-    records that were durable.
+    past the last good record, ``detail`` describes any damage and ``version`` is the segment's format version.
+    Damage followed by an intact record is CORRUPT (it was not a torn write, and truncating would destroy
+    records that were durable), except in the log's last segment (``last_in_log``) of format 2, where the rule
+    of the module docstring decides between TORN and CORRUPT; to apply it, the reader then holds the rest of
+    the segment in memory (it was reading all of it anyway).
     """
 
-    def __init__(self, fileops: FileOps, segment: SegmentInfo, *, chunk_bytes: int = READ_CHUNK_BYTES):
+    def __init__(
+        self, fileops: FileOps, segment: SegmentInfo, *, last_in_log: bool, chunk_bytes: int = READ_CHUNK_BYTES
+    ):
         self.segment = segment
         self.outcome = Outcome.NEED_MORE
         self.end_offset = SEGMENT_HEADER_SIZE
@@ -96,8 +158,10 @@ class SegmentReader:
         self.last_sequence: int | None = None
         self.record_count = 0
         self.file_size = SEGMENT_HEADER_SIZE
+        self.version = 0  # known once reading has started
         self._fileops = fileops
         self._chunk_bytes = chunk_bytes
+        self._last_in_log = last_in_log
 
     def records(self, after_sequence: int = 0) -> Iterator[LogRecord]:
         """The segment's records with ``sequence > after_sequence`` (all are checked, whatever they are)."""
@@ -112,6 +176,10 @@ class SegmentReader:
         expected = segment.first_sequence
         fd = fileops.open_read(path)
         try:
+            version = decode_header_of(segment, fileops.pread(fd, SEGMENT_HEADER_SIZE, 0)).version
+            self.version = version
+            # Only the log's last segment can hold the final write, and only format 2 says where it begins.
+            judge_final_write = self._last_in_log and version >= 2
             buffer = b""
             buffer_start = SEGMENT_HEADER_SIZE  # file offset of buffer[0]
             position = 0
@@ -119,14 +187,14 @@ class SegmentReader:
             at_end = False
             while True:
                 intact, position, expected = decode_intact_records(
-                    buffer, position, expected, after_sequence=after_sequence
+                    buffer, position, expected, after_sequence=after_sequence, version=version
                 )
                 self.record_count = expected - segment.first_sequence
                 self.last_sequence = expected - 1 if self.record_count else None
                 if intact:
                     yield intact
                     del intact
-                decoded = decode_record(buffer, position, final=at_end, base_offset=buffer_start)
+                decoded = decode_record(buffer, position, final=at_end, base_offset=buffer_start, version=version)
                 outcome = decoded.outcome
                 if outcome is Outcome.RECORD:
                     # Intact, but the run stopped there: it does not carry the expected sequence.
@@ -148,14 +216,63 @@ class SegmentReader:
                     buffer = remainder + chunk
                     del remainder, chunk
                     continue
-                self.outcome = outcome
                 self.end_offset = buffer_start + position
+                if judge_final_write and outcome is not Outcome.END:
+                    rest = b"" if at_end else self._read_to_end(fd, read_offset)
+                    self.file_size = read_offset + len(rest)
+                    self._judge_damage_in_final_write(buffer[position:] + rest, self.end_offset, expected)
+                    return
+                self.outcome = outcome
                 self.detail = decoded.detail
                 if outcome is Outcome.TORN:
                     self._refuse_torn_if_intact_record_follows(buffer, position, buffer_start, expected)
                 return
         finally:
             fileops.close(fd)
+
+    def _read_to_end(self, fd: int, offset: int) -> bytes:
+        chunks = []
+        while chunk := self._fileops.pread(fd, self._chunk_bytes, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def _judge_damage_in_final_write(self, data: bytes, base_offset: int, expected: int) -> None:
+        """Set the outcome for damage at the start of ``data`` (every byte from the damage to the end of the
+        segment, which is the log's last and of format 2) by the rule of the module docstring."""
+        decoded = decode_record(data, 0, base_offset=base_offset, version=self.version)
+        self.detail = decoded.detail
+        last_possible = expected + len(data) // RECORD_HEADER_SIZE + 1
+        intact = find_intact_record(data, 1, min_sequence=expected, max_sequence=last_possible)
+        if decoded.outcome is Outcome.TORN and intact is None:
+            self.outcome = Outcome.TORN
+            return
+        self.outcome = Outcome.CORRUPT
+        later_write = find_intact_record(
+            data, 1, min_sequence=expected, max_sequence=last_possible, first_of_write=True
+        )
+        if later_write is not None:
+            self.detail = (
+                f"{decoded.detail}, yet an intact record beginning a later write follows at offset "
+                f"{base_offset + later_write}: that write was issued only once this one was synced, so this is "
+                "damage to synced records, not a torn write"
+            )
+            return
+        stretch_end = intact if intact is not None else len(data.rstrip(b"\x00"))
+        unwritten = find_unwritten_sector(data, 0, stretch_end, base_offset=base_offset)
+        if unwritten is None:
+            if intact is not None:
+                self.detail = (
+                    f"{decoded.detail}, yet an intact record follows at offset {base_offset + intact} and no "
+                    "sector before it reads as never written: this is damage, not a torn write, and truncating "
+                    "would destroy durable records"
+                )
+            return
+        self.outcome = Outcome.TORN
+        self.detail = (
+            f"{decoded.detail}; the sector piece at offset {unwritten} reads as never written and no later "
+            "write begins after it: the final write, never synced, reached the disk out of order"
+        )
 
     def _sequence_problem(self, found: int, expected: int) -> str:
         if expected == self.segment.first_sequence:
@@ -202,12 +319,15 @@ class LogScan:
         after_sequence: int,
         *,
         require_continuity: bool,
+        appended_to: bool,
     ):
         self.directory = directory
         self.segments = segments
         self.after_sequence = after_sequence
         self._fileops = fileops
         self._require_continuity = require_continuity
+        # Whether the directory is the one the log appends to: only then may its last segment hold the final write.
+        self._appended_to = appended_to
         self._started = False
         self._generator: Iterator[LogRecord] | None = None
         self._batch_generator: Iterator[list[tuple[int, int, bytes]]] | None = None
@@ -293,8 +413,9 @@ class LogScan:
     def _batches(self, yield_after: int) -> Iterator[list[tuple[int, int, bytes]]]:
         after = self.after_sequence
         expected: int | None = None
-        last_index = len(self.segments) - 1
+        last_index = len(self.segments) - 1 if self._appended_to else -1
         for index, segment in enumerate(self.segments):
+            # As well as in the segment reader: a damaged header is reported as such, not as a missing segment.
             check_segment_header(self._fileops, segment)
             if expected is not None and segment.first_sequence != expected:
                 raise LogCorruptionError(
@@ -303,7 +424,7 @@ class LogScan:
                     f"missing segment: the previous segment ends at sequence {expected - 1} but this one starts "
                     f"at {segment.first_sequence}",
                 )
-            reader = SegmentReader(self._fileops, segment)
+            reader = SegmentReader(self._fileops, segment, last_in_log=index == last_index)
             yield from reader.batches(yield_after)
             self._record_count += reader.record_count
             self._has_records = self._has_records or reader.record_count > 0
@@ -312,7 +433,7 @@ class LogScan:
                     raise LogCorruptionError(
                         segment.path,
                         reader.end_offset,
-                        f"{reader.detail}, in a segment that is not the last (it was complete once)",
+                        f"{reader.detail}, in a segment that is not the last of the log (it was complete once)",
                     )
                 self._torn_tail = TornTail(
                     segment.path, reader.end_offset, reader.file_size, reader.last_sequence, reader.detail
@@ -366,19 +487,26 @@ def scan_log(directory: Path, fileops: FileOps, after_sequence: int = 0) -> LogS
             )
             + f": records {after_sequence + 1}..{first.first_sequence - 1} are missing",
         )
-    return LogScan(directory, fileops, segments, after_sequence, require_continuity=True)
+    return LogScan(directory, fileops, segments, after_sequence, require_continuity=True, appended_to=True)
 
 
-def read_records(directory: Path, fileops: FileOps, *, after_sequence: int = 0) -> LogScan:
+def read_records(directory: Path, fileops: FileOps, *, after_sequence: int = 0, archive: bool = False) -> LogScan:
     """Read every record (for the audit trail and ``verify``) without repairing anything.
 
     Unlike :func:`scan_log` the log may start anywhere (older segments may have been deleted or archived). A
     torn tail is reported in ``torn_tail`` after iteration; other damage raises :class:`LogCorruptionError`.
+    With ``archive``, ``directory`` holds segments moved out of the log, each complete when it was moved: none
+    may end torn, and damage anywhere is corruption.
 
     It may run while a :class:`DecisionLog` appends to the same directory: a batch being written at that
     moment shows up as a torn tail and is not returned. A segment deleted by ``delete_segments_through``
     between listing and reading raises :class:`StorageIOError` (``ENOENT``).
     """
     return LogScan(
-        Path(directory), fileops, list_segments(Path(directory), fileops), after_sequence, require_continuity=False
+        Path(directory),
+        fileops,
+        list_segments(Path(directory), fileops),
+        after_sequence,
+        require_continuity=False,
+        appended_to=not archive,
     )

@@ -1,9 +1,11 @@
 """Repair of a torn tail: truncate the last segment to its last good record, keeping the torn bytes aside.
 
 Only a :class:`~sidecar.storage.reader.TornTail` found by a scan is repaired; everything else the reader finds is
-corruption and is never "repaired" here. The original segment is kept as ``<segment>.broken`` (``.broken.2``,
-... if that name is taken), made durable before the truncation, so a power cut during repair never loses the
-only copy of the torn bytes.
+corruption and is never "repaired" here. A torn tail may hold intact records after the damage (the final write's
+pages written back out of order, in segment format 2): they belong to the same write, never synced, and are
+truncated with it (the argument is in :mod:`sidecar.storage.reader`). The original segment is kept as
+``<segment>.broken`` (``.broken.2``, ... if that name is taken), made durable before the truncation, so a power
+cut during repair never loses the only copy of the torn bytes.
 """
 
 from __future__ import annotations

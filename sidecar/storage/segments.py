@@ -21,6 +21,12 @@ Invariants a reader relies on:
 * Records are only ever appended at the end of the newest (last) segment, and a new segment is started only
   after everything in the previous one was fsynced. So only the end of the last segment can be torn by a
   crash; damage anywhere else is corruption.
+* Records are appended in *writes*: the bytes of one group commit (or of the rewrite after a failed one),
+  handed to one ``write()`` and then fsynced. A write is issued only after the previous write's fsync returned
+  (after a restart: after the last segment was fsynced at open). So at any moment only the final write of the
+  last segment can hold bytes that were never synced. In format 2 the first record of every write is marked
+  (:mod:`sidecar.storage.framing`), which lets the reader tell that final write from the synced ones before it
+  (:mod:`sidecar.storage.reader`). The writer never appends to a format-1 segment: it starts a format-2 one.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pathlib import Path
 
 from sidecar.storage.errors import LogCorruptionError
 from sidecar.storage.fileio import FileOps
-from sidecar.storage.framing import SEGMENT_HEADER_SIZE, FramingError, decode_segment_header
+from sidecar.storage.framing import SEGMENT_HEADER_SIZE, FramingError, SegmentHeader, decode_segment_header
 
 __all__ = [
     "BROKEN_SUFFIX",
@@ -39,6 +45,7 @@ __all__ = [
     "TEMPORARY_SUFFIX",
     "SegmentInfo",
     "check_segment_header",
+    "decode_header_of",
     "list_segments",
     "remove_temporary_segments",
     "segment_name",
@@ -77,13 +84,19 @@ def list_segments(directory: Path, fileops: FileOps) -> list[SegmentInfo]:
     return segments
 
 
-def check_segment_header(fileops: FileOps, segment: SegmentInfo) -> None:
-    """Validate a segment's header against its name; raise :class:`LogCorruptionError` if it is damaged."""
+def check_segment_header(fileops: FileOps, segment: SegmentInfo) -> SegmentHeader:
+    """Validate a segment's header against its name and return it; raise :class:`LogCorruptionError` if it is
+    damaged or of a format version this build does not read."""
     fd = fileops.open_read(segment.path)
     try:
         data = fileops.pread(fd, SEGMENT_HEADER_SIZE, 0)
     finally:
         fileops.close(fd)
+    return decode_header_of(segment, data)
+
+
+def decode_header_of(segment: SegmentInfo, data: bytes) -> SegmentHeader:
+    """:func:`check_segment_header` for a header already read (``data``, the segment's first bytes)."""
     try:
         header = decode_segment_header(data)
     except FramingError as error:
@@ -95,6 +108,7 @@ def check_segment_header(fileops: FileOps, segment: SegmentInfo) -> None:
             f"segment header says its first sequence is {header.first_sequence} but its name says "
             f"{segment.first_sequence}",
         )
+    return header
 
 
 def remove_temporary_segments(directory: Path, fileops: FileOps) -> None:

@@ -13,6 +13,16 @@ thread writes at a time. A sequence is reported durable only after an fsync that
 covered it succeeded. After a failed write or fsync the page cache can no longer be trusted (fsyncgate), so
 the flusher does not retry the fsync: it truncates the segment back to the last durable offset, rewrites the
 records that were not durable (same sequence numbers) and fsyncs again.
+
+Writes and their marks: each group commit is one ``write()`` of its records followed by one ``fdatasync``, and
+the next is issued only after that returned; the first record of each write carries the first-of-write flag
+(segment format 2, :mod:`sidecar.storage.framing`), which is what lets a reader recover by itself from a final
+write whose pages reached the disk out of order (:mod:`sidecar.storage.reader`). Records are queued unflagged
+and the writer flags the first frame of a batch as it writes it (one record's CRC recomputed). The rewrite
+after a failure is one write too: its first frame is flagged, and frames inside it keep the flags they were
+written with. In this writer only the failed write's first frame has one, and it is the rewrite's first frame as
+well: what follows it is records queued, unflagged, before the failure (appends are refused while failed). New
+segments are format 2; at open, a format-1 last segment is closed and a format-2 one started, never appended to.
 """
 
 from __future__ import annotations
@@ -29,17 +39,18 @@ from pathlib import Path
 from sidecar.storage.errors import LogCorruptionError, LogUnavailableError, StorageError
 from sidecar.storage.fileio import FileOps
 from sidecar.storage.framing import (
+    SEGMENT_FORMAT_VERSION,
     SEGMENT_HEADER_SIZE,
     Outcome,
     encode_record,
     encode_records,
     encode_segment_header,
+    mark_first_of_write,
 )
 from sidecar.storage.reader import SegmentReader
 from sidecar.storage.segments import (
     TEMPORARY_SUFFIX,
     SegmentInfo,
-    check_segment_header,
     list_segments,
     remove_temporary_segments,
     segment_name,
@@ -160,8 +171,9 @@ class DecisionLog:
         """Open the log for appending after recovery; the first appended record gets ``next_sequence``.
 
         Creates ``directory`` (0700) if needed and removes leftover ``.tmp`` segments. Appends to the last
-        segment if its last record is ``next_sequence - 1`` (or it is empty and named ``next_sequence``);
-        starts a new segment if there is none; replaces a lone empty segment with a different name (a newer
+        segment if its last record is ``next_sequence - 1`` (or it is empty and named ``next_sequence``) and it
+        is of the current format; starts a new segment if there is none or the last one is of format 1 (an empty
+        one named ``next_sequence`` is replaced); replaces a lone empty segment with a different name (a newer
         checkpoint superseded it). The last segment is re-read and must be clean (run :func:`scan_log` and
         :func:`repair_torn_tail` first): :class:`LogCorruptionError` otherwise. A ``next_sequence`` that does
         not continue the log is a caller error: ``ValueError``.
@@ -194,10 +206,10 @@ class DecisionLog:
         segments = list_segments(directory, fileops)
         reuse: SegmentInfo | None = None
         reuse_size = 0
+        reuse_version = SEGMENT_FORMAT_VERSION
         if segments:
             last = segments[-1]
-            check_segment_header(fileops, last)
-            reader = SegmentReader(fileops, last)
+            reader = SegmentReader(fileops, last, last_in_log=True)
             for _ in reader.records():
                 pass
             if reader.outcome is not Outcome.END:
@@ -224,6 +236,7 @@ class DecisionLog:
                     f"{last.first_sequence} (empty last segment {last.path})"
                 )
             reuse_size = reader.end_offset
+            reuse_version = reader.version
         if reuse is not None:
             fd = fileops.open_append(reuse.path)
             try:
@@ -232,8 +245,17 @@ class DecisionLog:
             except BaseException:
                 fileops.close_quietly(fd)
                 raise
-            log._active = _ActiveSegment(reuse.path, reuse.first_sequence, fd, reuse_size, reuse_size)
-            log._closed_segments = segments[:-1]
+            if reuse_version == SEGMENT_FORMAT_VERSION:
+                log._active = _ActiveSegment(reuse.path, reuse.first_sequence, fd, reuse_size, reuse_size)
+                log._closed_segments = segments[:-1]
+            else:
+                # One format per file: format-2 frames appended to a format-1 segment would be read with the
+                # first-of-write flag as part of the type. The old segment is closed (fsynced above, so the new one
+                # cannot become durable before it) and a new one started; an empty one is replaced by the new one,
+                # which takes its name.
+                fileops.close(fd)
+                log._closed_segments = segments if reuse_size > SEGMENT_HEADER_SIZE else segments[:-1]
+                log._start_segment(next_sequence)
         else:
             log._closed_segments = segments
             log._start_segment(next_sequence)
@@ -394,10 +416,19 @@ class DecisionLog:
         cannot undo is what the failed attempt itself left in the page cache: if the write succeeded and only the
         fsync failed, and the process then stops before the log recovered (the rewrite truncates those bytes),
         the original frame may still be read at the next open.
+
+        The record may have been queued for writing with the first-of-write flag (it began the write that
+        failed); the replacement then keeps the flag, so the rewrite still says where it begins.
         """
-        original_frame = encode_record(sequence, *original)
-        replacement_frame = encode_record(sequence, *replacement)
-        if len(replacement_frame) != len(original_frame):
+        # (original frame, replacement frame), unflagged and flagged.
+        swaps = [
+            (
+                encode_record(sequence, *original, first_of_write=first_of_write),
+                encode_record(sequence, *replacement, first_of_write=first_of_write),
+            )
+            for first_of_write in (False, True)
+        ]
+        if len(swaps[0][0]) != len(swaps[0][1]):
             raise ValueError("a retracted record's replacement must frame to the same length")
         with self._lock:
             while True:
@@ -411,15 +442,14 @@ class DecisionLog:
                     # Stopped without a failure: everything appended was flushed, so it is durable (above).
                     raise ValueError(f"sequence {sequence} was neither made durable nor failed")
                 self._settled.wait()
-            if (
-                self._unsynced_last != sequence
-                or not self._unsynced
-                or not self._unsynced[-1].endswith(original_frame)
-            ):
+            if self._unsynced_last != sequence or not self._unsynced:
                 raise ValueError(f"the unsynced tail of the log is not record {sequence} as given")
             tail = self._unsynced[-1]
-            self._unsynced[-1] = tail[: len(tail) - len(original_frame)] + replacement_frame
-            return True
+            for original_frame, replacement_frame in swaps:
+                if tail.endswith(original_frame):
+                    self._unsynced[-1] = tail[: len(tail) - len(original_frame)] + replacement_frame
+                    return True
+            raise ValueError(f"the unsynced tail of the log is not record {sequence} as given")
 
     # -- state -----------------------------------------------------------------------------------------------
 
@@ -588,6 +618,8 @@ class DecisionLog:
     def _write_batch(self, batch: list[bytes], batch_records: int, batch_last: int) -> None:
         """One group commit: write, fsync, publish, and start a new segment when this one is full. Holder of
         `_writing` only. A failure enters the failed state, which the flusher thread recovers from."""
+        # Each element of the batch is one frame (`_enqueue`): flagging the first costs one record's CRC.
+        batch[0] = mark_first_of_write(batch[0])
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         try:
             self._write_and_sync(data, batch_records)
@@ -718,7 +750,8 @@ class DecisionLog:
             return True
 
     def _rewrite_unsynced(self, data: bytes) -> None:
-        """Truncate the active segment to its durable size, rewrite the unsynced records (``data``) and fsync."""
+        """Truncate the active segment to its durable size, rewrite the unsynced records (``data``, one write
+        whose first frame is flagged here, if it was not already) and fsync."""
         if self._needs_new_segment:
             self._start_segment(self._durable_sequence + 1)
             self._needs_new_segment = False
@@ -730,6 +763,8 @@ class DecisionLog:
         self._fileops.close_quietly(previous)
         self._fileops.ftruncate(fd, active.durable_size)
         active.size = active.durable_size
+        if data:
+            data = mark_first_of_write(data)
         self._fileops.write(fd, data)
         active.size += len(data)
         self._fileops.fsync(fd)  # fsync, not fdatasync: the truncation changed the file's size

@@ -1,7 +1,8 @@
 """`verify` and `repair` on real data directories, damaged by hand.
 
 The damage tools read the on-disk log format as documented in `sidecar/storage/framing.py`: a 21-byte segment
-header, then records of u32 length, u32 CRC32C, u8 type, u64 sequence, payload.
+header, then records of u32 length, u32 CRC32C (over type, sequence and payload), u8 type (bit 7 marks the first
+record of a write), u64 sequence, payload.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import crc32c
 import pytest
 
 from tests.cli.conftest import (
@@ -167,6 +169,37 @@ def test_verify_reports_a_torn_tail_which_the_next_start_repairs(
 
     serve(data_dir)  # a torn tail is what a crash leaves: the start repairs it (cuts the partial record off)
     assert records_of(segment)[-1].sequence == last.sequence - 1
+
+
+def test_verify_reports_a_write_back_hole_in_the_final_write_as_a_torn_tail_which_the_next_start_cuts(
+    tmp_path: Path, images: Images, serve: ServeFactory
+) -> None:
+    data_dir = copy_of(images.crashed, tmp_path)
+    segment = only_segment(data_dir)
+    records = records_of(segment)
+    # The last ten decisions as one final write (as a group commit of ten would be): the first-of-write mark off
+    # on all but its first record. Then a sector inside it never reached the disk, the sectors after it did.
+    data = bytearray(segment.read_bytes())
+    final_write = records[-10:]
+    for record in final_write[1:]:
+        data[record.offset + 8] &= 0x7F
+        end = record.offset + record.length
+        struct.pack_into("<I", data, record.offset + 4, crc32c.crc32c(bytes(data[record.offset + 8 : end])))
+    hole = (final_write[0].offset // 512 + 1) * 512
+    assert hole + 512 < final_write[-1].offset, "intact records of the final write after the hole"
+    data[hole : hole + 512] = bytes(512)
+    segment.write_bytes(bytes(data))
+    damaged = next(record for record in records if record.offset + record.length > hole)
+
+    result = run_cli("verify", "--data-dir", data_dir)
+    report = result.stdout + result.stderr
+    assert "torn tail in" in report and "repaired automatically at the next start" in report, report
+    assert "corrupted" not in report, report
+    assert damaged.offset in offsets_named(report, segment.name), report
+
+    serve(data_dir)  # starts by itself: the start cuts the final write off at the hole
+    assert records_of(segment)[-1].sequence == damaged.sequence - 1
+    assert (segment.parent / (segment.name + ".broken")).read_bytes() == bytes(data)
 
 
 def test_repair_after_mid_log_damage(tmp_path: Path, images: Images, serve: ServeFactory) -> None:

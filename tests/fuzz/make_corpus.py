@@ -3,9 +3,10 @@
     .venv/bin/python -m tests.fuzz.make_corpus
 
 A store in a temporary directory registers keys, decides blocks and attestations and imports a document; its
-log segment and checkpoint body become the ``segment`` and ``checkpoint`` seeds (with each mode byte, and a
-torn and a write-back-holed variant), hand-written documents the ``interchange`` seeds, and one valid request
-per RPC the ``request`` seeds. Deterministic: the clock is fixed, so rerunning rewrites the same bytes.
+log segment and checkpoint body become the ``segment`` and ``checkpoint`` seeds (with each mode byte, a torn and
+two write-back-holed variants, and the same records as a format-1 segment), hand-written documents the
+``interchange`` seeds, and one valid request per RPC the ``request`` seeds. Deterministic: the clock is fixed, so
+rerunning rewrites the same bytes.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import tempfile
 from pathlib import Path
 
 from sidecar.storage import FileOps, list_checkpoints, read_checkpoint
-from sidecar.storage.framing import SEGMENT_HEADER_SIZE
+from sidecar.storage.framing import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE
 from sidecar.store import Store, StoreOptions
 from slashing_protection.v1 import admin_pb2, signing_pb2
 
-from .targets import _RPCS, FIXED_NOW_NS, GENESIS, REGISTERED, wrap_checkpoint
+from .targets import _RPCS, FIXED_NOW_NS, GENESIS, REGISTERED, _frame_boundaries, wrap_checkpoint
 
 CORPUS = Path(__file__).parent / "corpus"
 KEY, OTHER = REGISTERED
@@ -119,10 +120,25 @@ def requests() -> dict[str, bytes]:
     }
 
 
+def format_1(log_body: bytes) -> bytes:
+    """The same frames without the first-of-write flag (their CRCs are stale: the seed's mode recomputes them)."""
+    body = bytearray(log_body)
+    offset = 0
+    while offset + RECORD_HEADER_SIZE <= len(body):
+        body[offset + 8] &= 0x7F
+        offset += RECORD_HEADER_SIZE + int.from_bytes(body[offset : offset + 4], "little")
+    return bytes(body)
+
+
 def corpus() -> dict[str, dict[str, bytes]]:
     log_body, checkpoint_body = store_files()
     holed = bytearray(log_body)
     holed[512 - SEGMENT_HEADER_SIZE : 1024 - SEGMENT_HEADER_SIZE] = bytes(512)  # a sector never written back
+    # Without the import's commit (a write of its own, the last), the write before it, holding every other record,
+    # is the final one; its first sector never written back and the rest intact: a torn tail from the first record.
+    commit = _frame_boundaries(log_body)[-1][0]
+    final_write = bytearray(log_body[:commit])
+    final_write[: 512 - SEGMENT_HEADER_SIZE] = bytes(512 - SEGMENT_HEADER_SIZE)
     return {
         "segment": {
             "real-log.bin": b"\x00" + log_body,
@@ -131,6 +147,8 @@ def corpus() -> dict[str, dict[str, bytes]]:
             "real-log-two-segments.bin": b"\x07" + log_body,
             "torn.bin": b"\x04" + log_body[: len(log_body) - 40],
             "write-back-hole.bin": b"\x04" + bytes(holed),
+            "write-back-hole-in-final-write.bin": b"\x04" + bytes(final_write),
+            "real-log-format-1.bin": b"\x0d" + format_1(log_body),
         },
         "checkpoint": {
             "real.bin": b"\x00" + wrap_checkpoint(checkpoint_body, sequence=9),

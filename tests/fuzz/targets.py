@@ -20,7 +20,8 @@ runner (``tests/fuzz/run.py``: libFuzzer's ``-timeout`` and ``-rss_limit_mb``).
 
 The first byte of a ``segment`` or ``checkpoint`` input is a mode, so that the fuzzer gets past checksums:
 bit 0 recomputes every CRC (each record's, or the checkpoint's); for a segment, bit 1 splits the log into two
-segments and bit 2 also recovers a store from it (ten times slower than reading alone). Files go to a scratch
+segments, bit 2 also recovers a store from it (ten times slower than reading alone) and bit 3 writes the segment
+headers as format 1 (0.2.0's, still read; recovery then starts a format-2 segment). Files go to a scratch
 directory (``$SIDECAR_FUZZ_SCRATCH``, or a temporary one under ``/dev/shm`` when it exists: recovery fsyncs, and
 memory makes that cheap).
 """
@@ -148,7 +149,7 @@ def _frame_boundaries(body: bytes) -> list[tuple[int, int]]:
 
 
 def _read_segment(segment_info: SegmentInfo, chunk_bytes: int) -> tuple[object, ...]:
-    reader = SegmentReader(FileOps(), segment_info, chunk_bytes=chunk_bytes)
+    reader = SegmentReader(FileOps(), segment_info, chunk_bytes=chunk_bytes, last_in_log=True)
     try:
         records = [record for batch in reader.batches() for record in batch]
     except SidecarError as error:
@@ -171,8 +172,10 @@ def segment(data: bytes) -> None:
         split, sequence = frames[len(frames) // 2]
         if 0 < sequence < 2**64:
             files = [(1, body[:split]), (sequence, body[split:])]
+    version = 1 if mode & 8 else 2
     for first_sequence, content in files:
-        (log_dir / segment_name(first_sequence)).write_bytes(encode_segment_header(first_sequence) + content)
+        header = encode_segment_header(first_sequence, version=version)
+        (log_dir / segment_name(first_sequence)).write_bytes(header + content)
     try:
         scan = read_records(log_dir, FileOps())
         previous = 0

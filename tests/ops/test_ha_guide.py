@@ -4,6 +4,7 @@ ports agree with the options they depend on. An operator copies this example; it
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ def container() -> dict[str, Any]:
     return dict(containers[0])
 
 
+def serve_help() -> str:
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return str(action.choices["serve"].format_help())
+    raise AssertionError("the parser has no commands")
+
+
 def port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
@@ -45,8 +53,7 @@ def test_the_example_arguments_are_a_valid_serve_command_line() -> None:
 
 
 def test_the_example_environment_is_read_by_serve() -> None:
-    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
-    read = set(re.findall(r"SLASHING_SIDECAR_[A-Z_]+", help_text))
+    read = set(re.findall(r"SLASHING_SIDECAR_[A-Z_]+", serve_help()))
     names = {variable["name"] for variable in container()["env"]}
     assert "SLASHING_SIDECAR_DATABASE_URL" in names
     assert names <= read, names - read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from sidecar.storage.fileio import FileOps
@@ -23,12 +24,22 @@ def payload_for(sequence: int, size: int = 40) -> bytes:
     return (stem * (size // len(stem) + 1))[:size]
 
 
-def build_log(directory: Path, *, segments: int, records_per_segment: int, payload_size: int = 40) -> list[Path]:
+def build_log(
+    directory: Path,
+    *,
+    segments: int,
+    records_per_segment: int,
+    payload_size: int = 40,
+    writes_per_segment: int = 1,
+) -> list[Path]:
     """Write a real log through DecisionLog with exactly ``segments`` segments of ``records_per_segment``.
 
-    Each segment's records go in one batch followed by a sync, and the segment size is chosen so that every
-    batch fills its segment: rotation then happens exactly between batches.
+    Each segment's records go in ``writes_per_segment`` equal batches, each followed by a sync (one write each,
+    its first record flagged), and the segment size is chosen so that the last batch fills its segment:
+    rotation then happens exactly between segments' batches.
     """
+    assert records_per_segment % writes_per_segment == 0
+    per_write = records_per_segment // writes_per_segment
     frame = RECORD_HEADER_SIZE + payload_size
     log = DecisionLog.open(
         directory,
@@ -37,9 +48,9 @@ def build_log(directory: Path, *, segments: int, records_per_segment: int, paylo
         segment_bytes=SEGMENT_HEADER_SIZE + frame * records_per_segment,
     )
     sequence = 1
-    for _ in range(segments):
+    for _ in range(segments * writes_per_segment):
         batch = []
-        for _ in range(records_per_segment):
+        for _ in range(per_write):
             batch.append((1, payload_for(sequence, payload_size)))
             sequence += 1
         log.append_many(batch)
@@ -52,11 +63,23 @@ def build_log(directory: Path, *, segments: int, records_per_segment: int, paylo
     return found[:-1]
 
 
-def write_segment(path: Path, first_sequence: int, sequences: list[int], payload_size: int = 40) -> None:
-    """Hand-make a segment: header naming ``first_sequence``, then records numbered ``sequences``."""
-    data = encode_segment_header(first_sequence)
+def write_segment(
+    path: Path,
+    first_sequence: int,
+    sequences: list[int],
+    payload_size: int = 40,
+    *,
+    version: int = 2,
+    first_of_write: Collection[int] = (),
+) -> None:
+    """Hand-make a segment of format ``version``: header naming ``first_sequence``, then records numbered
+    ``sequences``; those in ``first_of_write`` carry the first-of-write flag (format 2 only)."""
+    assert version == 2 or not first_of_write
+    data = encode_segment_header(first_sequence, version=version)
     for sequence in sequences:
-        data += encode_record(sequence, 1, payload_for(sequence, payload_size))
+        data += encode_record(
+            sequence, 1, payload_for(sequence, payload_size), first_of_write=sequence in first_of_write
+        )
     path.write_bytes(data)
 
 
@@ -66,11 +89,17 @@ def record_offsets(path: Path) -> list[tuple[int, int, int]]:
     found: list[tuple[int, int, int]] = []
     offset = SEGMENT_HEADER_SIZE
     while True:
-        decoded = decode_record(data, offset)
+        decoded = decode_record(data, offset, version=data[8])
         if decoded.outcome is not Outcome.RECORD:
             return found
         found.append((decoded.sequence, offset, decoded.next_offset - offset))
         offset = decoded.next_offset
+
+
+def first_of_write_flags(path: Path) -> list[bool]:
+    """Whether each intact record of a (format-2) segment carries the first-of-write flag, in order."""
+    data = path.read_bytes()
+    return [decode_record(data, offset).first_of_write for _, offset, _ in record_offsets(path)]
 
 
 def flip_byte(path: Path, offset: int) -> None:

@@ -3,9 +3,11 @@
 Reading a segment goes through ``decode_intact_records`` (a run of valid, consecutively numbered frames, decoded
 in bulk) and falls back to ``decode_record`` only where that run stops. The reference here is the simple path
 alone: ``decode_record`` frame by frame over the whole file, a sequence check after each record, and the
-torn-tail downgrade of the log module's contract. Both must agree on hand-made damage (a flipped byte, a
-truncation, a zeroed sector, a wrong sequence) and on random logs with random damage, at every read-chunk size,
-since chunk boundaries are where a streaming reader goes wrong.
+log module's contract for damage, applied to the whole file at once: the torn-tail downgrade, and in the log's
+last segment the rule for the final write (``sidecar.storage.reader``). Both must agree on hand-made damage (a
+flipped byte, a truncation, a zeroed sector, a wrong sequence) and on random logs with random damage and random
+write boundaries, at every read-chunk size, as the last segment and as an earlier one, since chunk boundaries are
+where a streaming reader goes wrong.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sidecar.storage.framing import (
     encode_record,
     encode_segment_header,
     find_intact_record,
+    find_unwritten_sector,
 )
 from sidecar.storage.reader import SegmentReader
 from sidecar.storage.segments import SegmentInfo
@@ -49,14 +52,15 @@ class Read:
     detail: str  # for a sequence problem: the sequence found and the one expected
 
 
-def reference_read(path: Path, first_sequence: int, after_sequence: int = 0) -> Read:
+def reference_read(path: Path, first_sequence: int, after_sequence: int = 0, *, last_in_log: bool = True) -> Read:
     """The simple path: decode_record frame by frame over the whole file."""
     data = path.read_bytes()
+    version = data[8]
     offset = SEGMENT_HEADER_SIZE
     expected = first_sequence
     records: list[tuple[int, int, bytes]] = []
     while True:
-        decoded = decode_record(data, offset)
+        decoded = decode_record(data, offset, version=version)
         if decoded.outcome is Outcome.RECORD:
             if decoded.sequence != expected:
                 return Read(records, None, offset, f"found {decoded.sequence}, expected {expected}")
@@ -67,6 +71,8 @@ def reference_read(path: Path, first_sequence: int, after_sequence: int = 0) -> 
             continue
         detail = decoded.detail
         outcome = decoded.outcome
+        if last_in_log and version == 2 and outcome is not Outcome.END:
+            return Read(records, *final_write_judgement(data, offset, expected))
         if outcome is Outcome.TORN:
             most = (len(data) - offset) // RECORD_HEADER_SIZE + 1
             intact = find_intact_record(data, offset + 1, min_sequence=expected, max_sequence=expected + most)
@@ -79,9 +85,53 @@ def reference_read(path: Path, first_sequence: int, after_sequence: int = 0) -> 
         return Read(records, outcome, offset, detail)
 
 
-def fast_read(path: Path, first_sequence: int, chunk_bytes: int, after_sequence: int = 0) -> Read:
+def final_write_judgement(data: bytes, offset: int, expected: int) -> tuple[Outcome, int, str]:
+    """The rule for damage at ``offset`` of the log's last segment (format 2), as the reader's docstring states
+    it: torn iff (a) a sign of bytes that never reached the disk and (b) no intact record after it begins a
+    write."""
+    decoded = decode_record(data, offset)
+    most = (len(data) - offset) // RECORD_HEADER_SIZE + 1
+    intact = find_intact_record(data, offset + 1, min_sequence=expected, max_sequence=expected + most)
+    if decoded.outcome is Outcome.TORN and intact is None:
+        return Outcome.TORN, offset, decoded.detail
+    flagged = find_intact_record(
+        data, offset + 1, min_sequence=expected, max_sequence=expected + most, first_of_write=True
+    )
+    if flagged is not None:
+        return (
+            Outcome.CORRUPT,
+            offset,
+            f"{decoded.detail}, yet an intact record beginning a later write follows at offset {flagged}: "
+            "that write was issued only once this one was synced, so this is damage to synced records, not a "
+            "torn write",
+        )
+    end = intact if intact is not None else len(data.rstrip(b"\x00"))
+    unwritten = find_unwritten_sector(data, offset, end)
+    if unwritten is None:
+        if intact is None:
+            return Outcome.CORRUPT, offset, decoded.detail
+        return (
+            Outcome.CORRUPT,
+            offset,
+            f"{decoded.detail}, yet an intact record follows at offset {intact} and no sector before it reads as "
+            "never written: this is damage, not a torn write, and truncating would destroy durable records",
+        )
+    return (
+        Outcome.TORN,
+        offset,
+        f"{decoded.detail}; the sector piece at offset {unwritten} reads as never written and no later write "
+        "begins after it: the final write, never synced, reached the disk out of order",
+    )
+
+
+def fast_read(
+    path: Path, first_sequence: int, chunk_bytes: int, after_sequence: int = 0, *, last_in_log: bool = True
+) -> Read:
     reader = SegmentReader(
-        FILEOPS, SegmentInfo(path, first_sequence, path.stat().st_size), chunk_bytes=chunk_bytes
+        FILEOPS,
+        SegmentInfo(path, first_sequence, path.stat().st_size),
+        chunk_bytes=chunk_bytes,
+        last_in_log=last_in_log,
     )
     records: list[tuple[int, int, bytes]] = []
     try:
@@ -115,9 +165,15 @@ def write_records(path: Path, first_sequence: int, frames: list[bytes]) -> None:
     path.write_bytes(encode_segment_header(first_sequence) + b"".join(frames))
 
 
-def frames_for(first_sequence: int, count: int, payload_size: int = 40) -> list[bytes]:
+def frames_for(first_sequence: int, count: int, payload_size: int = 40, write_every: int = 0) -> list[bytes]:
+    """Frames numbered from ``first_sequence``; with ``write_every``, written in writes of that many records."""
     return [
-        encode_record(sequence, 1 + sequence % 5, payload_for(sequence, payload_size))
+        encode_record(
+            sequence,
+            1 + sequence % 5,
+            payload_for(sequence, payload_size),
+            first_of_write=write_every > 0 and (sequence - first_sequence) % write_every == 0,
+        )
         for sequence in range(first_sequence, first_sequence + count)
     ]
 
@@ -126,9 +182,10 @@ def frames_for(first_sequence: int, count: int, payload_size: int = 40) -> list[
 
 
 def damaged(kind: str, path: Path) -> int:
-    """Write a 60-record segment starting at 1000 with damage of ``kind``; return its first sequence."""
+    """Write a 60-record segment starting at 1000, in writes of 8 records, with damage of ``kind``; return its
+    first sequence. (Kinds ending in ``_one_write``: all 60 records in one write.)"""
     first = 1000
-    frames = frames_for(first, 60, payload_size=70)
+    frames = frames_for(first, 60, payload_size=70, write_every=60 if kind.endswith("_one_write") else 8)
     data = bytearray(encode_segment_header(first) + b"".join(frames))
     frame = len(frames[0])
     middle = SEGMENT_HEADER_SIZE + 30 * frame
@@ -147,8 +204,10 @@ def damaged(kind: str, path: Path) -> int:
         del data[last + 30 :]
     elif kind == "truncate_inside_header":
         del data[last + 5 :]
-    elif kind == "zero_sector_middle":
+    elif kind in ("zero_sector_middle", "zero_sector_middle_one_write"):
         data[4096:4608] = bytes(512)
+    elif kind == "flip_payload_byte_middle_one_write":
+        data[middle + RECORD_HEADER_SIZE + 5] ^= 0x01
     elif kind == "zero_final_sector_piece":
         # End the segment with a record that straddles a sector boundary, and zero its part past the boundary.
         end = next(
@@ -188,6 +247,8 @@ DAMAGE = [
     "truncate_mid_record",
     "truncate_inside_header",
     "zero_sector_middle",
+    "zero_sector_middle_one_write",
+    "flip_payload_byte_middle_one_write",
     "zero_final_sector_piece",
     "zeros_appended",
     "zeroed_to_end",
@@ -201,14 +262,17 @@ DAMAGE = [
 
 @pytest.mark.parametrize("chunk_bytes", CHUNK_SIZES)
 @pytest.mark.parametrize("kind", DAMAGE)
-def test_hand_made_damage_reads_like_the_simple_path(tmp_path: Path, kind: str, chunk_bytes: int) -> None:
+@pytest.mark.parametrize("last_in_log", [True, False], ids=["last", "earlier"])
+def test_hand_made_damage_reads_like_the_simple_path(
+    tmp_path: Path, kind: str, chunk_bytes: int, last_in_log: bool
+) -> None:
     path = tmp_path / "segment.log"
     first = damaged(kind, path)
-    expected = reference_read(path, first)
-    assert fast_read(path, first, chunk_bytes) == expected
+    expected = reference_read(path, first, last_in_log=last_in_log)
+    assert fast_read(path, first, chunk_bytes, last_in_log=last_in_log) == expected
     # Skipping records (those a checkpoint covers) still checks them and changes nothing else.
-    skipped = reference_read(path, first, after_sequence=first + 40)
-    assert fast_read(path, first, chunk_bytes, after_sequence=first + 40) == skipped
+    skipped = reference_read(path, first, after_sequence=first + 40, last_in_log=last_in_log)
+    assert fast_read(path, first, chunk_bytes, after_sequence=first + 40, last_in_log=last_in_log) == skipped
 
 
 def test_hand_made_damage_has_the_outcomes_the_contract_names(tmp_path: Path) -> None:
@@ -218,11 +282,17 @@ def test_hand_made_damage_has_the_outcomes_the_contract_names(tmp_path: Path) ->
         path = tmp_path / f"{kind}.log"
         read = reference_read(path, damaged(kind, path))
         seen[kind] = read.outcome
+        if kind == "zero_sector_middle_one_write":
+            earlier = reference_read(path, damaged(kind, path), last_in_log=False)
     assert seen["clean"] is Outcome.END
     assert seen["truncate_mid_record"] is Outcome.TORN
     assert seen["zero_final_sector_piece"] is Outcome.TORN
     assert seen["flip_payload_byte_middle"] is Outcome.CORRUPT
+    assert seen["flip_payload_byte_middle_one_write"] is Outcome.CORRUPT
     assert seen["length_past_end_with_records_after"] is Outcome.CORRUPT
+    assert seen["zero_sector_middle"] is Outcome.CORRUPT  # a later write begins after the hole
+    assert seen["zero_sector_middle_one_write"] is Outcome.TORN  # a hole in the final write
+    assert earlier.outcome is Outcome.CORRUPT  # the same hole in a segment that is not the last
     assert seen["wrong_sequence_middle"] is None
 
 
@@ -239,8 +309,9 @@ def damaged_segments(draw: st.DrawFn) -> tuple[bytes, int]:
         step = draw(st.sampled_from([1] * 12 + [0, 2, -1]))
         sequence = max(1, sequence + step) if frames else first
         size = draw(st.sampled_from([0, 1, 40, 147, 300, 700]))
-        record_type = draw(st.integers(1, 255))
-        frames.append(encode_record(sequence, record_type, draw(st.binary(min_size=size, max_size=size))))
+        record_type = draw(st.integers(1, 127))
+        payload = draw(st.binary(min_size=size, max_size=size))
+        frames.append(encode_record(sequence, record_type, payload, first_of_write=draw(st.booleans())))
         sequence += 1
     data = bytearray(encode_segment_header(first) + b"".join(frames))
     for _ in range(draw(st.integers(0, 2))):
@@ -251,7 +322,7 @@ def damaged_segments(draw: st.DrawFn) -> tuple[bytes, int]:
         elif action == "truncate":
             del data[position:]
         elif action == "zero_sector":
-            start = position - position % 512
+            start = max(SEGMENT_HEADER_SIZE, position - position % 512)  # the header is checked on its own
             data[start : start + 512] = bytes(len(data[start : start + 512]))
         elif action == "zero_to_end":
             data[position:] = bytes(len(data) - position)
@@ -261,14 +332,22 @@ def damaged_segments(draw: st.DrawFn) -> tuple[bytes, int]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(segment=damaged_segments(), chunk_bytes=st.sampled_from(CHUNK_SIZES), after=st.integers(0, 30))
+@given(
+    segment=damaged_segments(),
+    chunk_bytes=st.sampled_from(CHUNK_SIZES),
+    after=st.integers(0, 30),
+    last_in_log=st.booleans(),
+)
 def test_random_damage_reads_like_the_simple_path(
-    tmp_path: Path, segment: tuple[bytes, int], chunk_bytes: int, after: int
+    tmp_path: Path, segment: tuple[bytes, int], chunk_bytes: int, after: int, last_in_log: bool
 ) -> None:
     data, first = segment
     path = tmp_path / "random.log"
     path.write_bytes(data)
-    assert fast_read(path, first, chunk_bytes, first - 1 + after) == reference_read(path, first, first - 1 + after)
+    after_sequence = first - 1 + after
+    assert fast_read(path, first, chunk_bytes, after_sequence, last_in_log=last_in_log) == reference_read(
+        path, first, after_sequence, last_in_log=last_in_log
+    )
 
 
 @settings(max_examples=300, deadline=None)

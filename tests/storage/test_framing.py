@@ -1,4 +1,5 @@
-"""Record framing: the golden bytes of format version 1, each decode outcome, and properties of damage."""
+"""Record framing: the golden bytes of format versions 1 and 2, each decode outcome, the first-of-write flag, and
+properties of damage."""
 
 from __future__ import annotations
 
@@ -15,16 +16,22 @@ from sidecar.storage.framing import (
     SEGMENT_HEADER_SIZE,
     FramingError,
     Outcome,
+    decode_intact_records,
     decode_record,
     decode_segment_header,
     encode_record,
     encode_records,
     encode_segment_header,
     find_intact_record,
+    find_unwritten_sector,
+    mark_first_of_write,
 )
 
-GOLDEN = Path(__file__).parent / "golden" / "segment-v1.log"
-GOLDEN_RECORDS = [(7, 1, b"first decision"), (8, 255, b""), (9, 2, bytes(range(32)))]
+GOLDEN_V1 = Path(__file__).parent / "golden" / "segment-v1.log"
+GOLDEN_V1_RECORDS = [(7, 1, b"first decision"), (8, 255, b""), (9, 2, bytes(range(32)))]
+# Format 2, as DecisionLog writes it (tests/storage/test_writer.py): records 7 and 8 in one write, 9 in the next.
+GOLDEN_V2 = Path(__file__).parent / "golden" / "segment-v2.log"
+GOLDEN_V2_RECORDS = [(7, 1, b"first decision", True), (8, 127, b"", False), (9, 2, bytes(range(32)), True)]
 
 
 def crc32c_reference(data: bytes) -> int:
@@ -37,13 +44,22 @@ def crc32c_reference(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def decode_all(data: bytes, offset: int = SEGMENT_HEADER_SIZE) -> tuple[list[tuple[int, int, bytes]], Outcome]:
-    records: list[tuple[int, int, bytes]] = []
+def decode_all(
+    data: bytes, offset: int = SEGMENT_HEADER_SIZE, *, version: int = 2
+) -> tuple[list[tuple[int, int, bytes]], Outcome]:
+    records, outcome = decode_all_flagged(data, offset, version=version)
+    return [(sequence, record_type, payload) for sequence, record_type, payload, _ in records], outcome
+
+
+def decode_all_flagged(
+    data: bytes, offset: int = SEGMENT_HEADER_SIZE, *, version: int = 2
+) -> tuple[list[tuple[int, int, bytes, bool]], Outcome]:
+    records: list[tuple[int, int, bytes, bool]] = []
     while True:
-        decoded = decode_record(data, offset)
+        decoded = decode_record(data, offset, version=version)
         if decoded.outcome is not Outcome.RECORD:
             return records, decoded.outcome
-        records.append((decoded.sequence, decoded.record_type, decoded.payload))
+        records.append((decoded.sequence, decoded.record_type, decoded.payload, decoded.first_of_write))
         offset = decoded.next_offset
 
 
@@ -51,37 +67,73 @@ def test_reference_crc_is_castagnoli() -> None:
     assert crc32c_reference(b"123456789") == 0xE3069283
 
 
-def test_golden_segment_bytes_are_stable() -> None:
-    """Format version 1 on disk. If this fails, the format changed: bump the version instead."""
-    golden = GOLDEN.read_bytes()
-    encoded = encode_segment_header(7) + b"".join(encode_record(*record) for record in GOLDEN_RECORDS)
+def test_golden_v2_segment_bytes_are_stable() -> None:
+    """Format version 2 on disk. If this fails, the format changed: bump the version instead."""
+    golden = GOLDEN_V2.read_bytes()
+    encoded = encode_segment_header(7) + b"".join(
+        encode_record(sequence, record_type, payload, first_of_write=first)
+        for sequence, record_type, payload, first in GOLDEN_V2_RECORDS
+    )
     assert encoded == golden
 
 
-def test_golden_segment_layout_field_by_field() -> None:
-    golden = GOLDEN.read_bytes()
+def test_golden_v2_segment_layout_field_by_field() -> None:
+    golden = GOLDEN_V2.read_bytes()
     assert golden[0:8] == b"SIDECLOG"
-    assert golden[8] == 1
+    assert golden[8] == 2
     assert struct.unpack_from("<Q", golden, 9)[0] == 7
     assert struct.unpack_from("<I", golden, 17)[0] == crc32c_reference(golden[0:17])
-    assert decode_segment_header(golden) == (1, 7)
+    assert decode_segment_header(golden) == (2, 7)
     offset = SEGMENT_HEADER_SIZE
-    for sequence, record_type, payload in GOLDEN_RECORDS:
+    for sequence, record_type, payload, first in GOLDEN_V2_RECORDS:
         length, crc, stored_type, stored_sequence = struct.unpack_from("<IIBQ", golden, offset)
-        assert (length, stored_type, stored_sequence) == (len(payload), record_type, sequence)
+        # Bit 7 of the type byte is the first-of-write flag; the CRC covers the byte as written.
+        assert (length, stored_type, stored_sequence) == (len(payload), record_type | (0x80 * first), sequence)
         body_end = offset + RECORD_HEADER_SIZE + length
         assert crc == crc32c_reference(golden[offset + 8 : body_end])  # type + sequence + payload
         assert golden[offset + RECORD_HEADER_SIZE : body_end] == payload
         offset = body_end
     assert offset == len(golden)
-    assert decode_all(golden) == (GOLDEN_RECORDS, Outcome.END)
+    assert decode_all_flagged(golden) == (GOLDEN_V2_RECORDS, Outcome.END)
+
+
+def test_golden_v1_segment_is_still_read_as_written() -> None:
+    """Format version 1 (0.2.0 and earlier): no flag, the type byte is the whole type, 1..255."""
+    golden = GOLDEN_V1.read_bytes()
+    assert golden[0:8] == b"SIDECLOG"
+    assert golden[8] == 1
+    assert struct.unpack_from("<Q", golden, 9)[0] == 7
+    assert struct.unpack_from("<I", golden, 17)[0] == crc32c_reference(golden[0:17])
+    assert decode_segment_header(golden) == (1, 7)
+    assert golden[:SEGMENT_HEADER_SIZE] == encode_segment_header(7, version=1)
+    offset = SEGMENT_HEADER_SIZE
+    for sequence, record_type, payload in GOLDEN_V1_RECORDS:
+        length, crc, stored_type, stored_sequence = struct.unpack_from("<IIBQ", golden, offset)
+        assert (length, stored_type, stored_sequence) == (len(payload), record_type, sequence)
+        body_end = offset + RECORD_HEADER_SIZE + length
+        assert crc == crc32c_reference(golden[offset + 8 : body_end])  # type + sequence + payload
+        assert golden[offset + RECORD_HEADER_SIZE : body_end] == payload
+        if record_type <= 127:  # an unflagged record of a type both formats know frames the same in both
+            assert golden[offset:body_end] == encode_record(sequence, record_type, payload)
+        offset = body_end
+    assert offset == len(golden)
+    assert decode_all_flagged(golden, version=1) == (
+        [(*record, False) for record in GOLDEN_V1_RECORDS],
+        Outcome.END,
+    )
+    records, stop, _ = decode_intact_records(golden, SEGMENT_HEADER_SIZE, 7, version=1)
+    assert (records, stop) == (GOLDEN_V1_RECORDS, len(golden))
 
 
 @pytest.mark.parametrize(
     ("damage", "offset", "detail"),
     [
         (lambda h: b"NOTALOG!" + h[8:], 0, "bad segment magic"),
-        (lambda h: h[:8] + b"\x02" + h[9:], 8, "unsupported segment format version 2"),
+        (
+            lambda h: h[:8] + b"\x03" + h[9:],
+            8,
+            "unsupported segment format version 3 (this build reads versions 1, 2",
+        ),
         (lambda h: h[:8] + b"\x00" + h[9:], 8, "unsupported segment format version 0"),
         (lambda h: h[:10] + b"\x01" + h[11:], 17, "checksum mismatch"),
         (lambda h: h[:15], 0, "segment header is 15 bytes"),
@@ -97,8 +149,11 @@ def test_segment_header_refusals(damage, offset: int, detail: str) -> None:
 def test_encode_refuses_reserved_type_and_oversized_payload() -> None:
     with pytest.raises(ValueError, match="0 is reserved"):
         encode_record(1, 0, b"x")
-    with pytest.raises(ValueError, match=r"1\.\.255"):
-        encode_record(1, 256, b"x")
+    for reserved_for_the_flag in (128, 129, 255, 256):
+        with pytest.raises(ValueError, match=r"1\.\.127 .*bit 7 marks the first record of a write"):
+            encode_record(1, reserved_for_the_flag, b"x")
+        with pytest.raises(ValueError, match=r"1\.\.127"):
+            encode_records(1, reserved_for_the_flag, [b"x"])
     with pytest.raises(ValueError, match="exceeds the maximum"):
         encode_record(1, 1, bytes(MAX_PAYLOAD_SIZE + 1))
     with pytest.raises(ValueError, match="out of range"):
@@ -106,7 +161,7 @@ def test_encode_refuses_reserved_type_and_oversized_payload() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 2**64 - 50), st.integers(1, 255), st.lists(st.binary(max_size=64), min_size=1, max_size=40))
+@given(st.integers(1, 2**64 - 50), st.integers(1, 127), st.lists(st.binary(max_size=64), min_size=1, max_size=40))
 def test_a_batch_frames_exactly_as_records_one_by_one(first: int, record_type: int, payloads: list[bytes]) -> None:
     frames = encode_records(first, record_type, payloads)
     assert frames == [encode_record(first + i, record_type, p) for i, p in enumerate(payloads)]
@@ -185,8 +240,91 @@ def test_find_intact_record() -> None:
     assert find_intact_record(bytes(1000), 0, min_sequence=1, max_sequence=100) is None
 
 
+# -- the first-of-write flag (format 2) ------------------------------------------------------------------------
+
+
+def test_a_flagged_record_decodes_to_its_type_and_the_flag() -> None:
+    flagged = encode_record(5, 3, b"payload bytes", first_of_write=True)
+    assert flagged[8] == 0x83 and flagged[:4] == RECORD[:4] and flagged[9:] == RECORD[9:]
+    assert flagged[4:8] != RECORD[4:8]  # the CRC covers the type byte as written, flag included
+    decoded = decode_record(flagged, 0)
+    assert (decoded.outcome, decoded.record_type, decoded.first_of_write) == (Outcome.RECORD, 3, True)
+    assert decode_record(RECORD, 0).first_of_write is False
+    # Format 1 reads the same byte as type 0x83, unflagged, as it always did.
+    decoded = decode_record(flagged, 0, version=1)
+    assert (decoded.outcome, decoded.record_type, decoded.first_of_write) == (Outcome.RECORD, 0x83, False)
+    records, stop, _ = decode_intact_records(flagged + NEXT, 0, 5)
+    assert (records, stop) == ([(5, 3, b"payload bytes"), (6, 3, b"more")], len(flagged + NEXT))
+    assert decode_intact_records(flagged, 0, 5, version=1)[0] == [(5, 0x83, b"payload bytes")]
+
+
+def test_marking_the_first_of_a_write_reframes_that_record_only() -> None:
+    assert mark_first_of_write(RECORD) == encode_record(5, 3, b"payload bytes", first_of_write=True)
+    assert mark_first_of_write(RECORD + NEXT) == mark_first_of_write(RECORD) + NEXT
+    assert mark_first_of_write(mark_first_of_write(RECORD + NEXT)) == mark_first_of_write(RECORD + NEXT)
+    with pytest.raises(ValueError, match="no record"):
+        mark_first_of_write(RECORD[:10])
+    with pytest.raises(ValueError, match="only"):
+        mark_first_of_write(RECORD[:-1])
+
+
+def test_a_valid_frame_of_type_0x80_is_damage_in_format_2() -> None:
+    """Type 0 with the flag is never written; a CRC that matches it does not make it a record."""
+    covered = struct.pack("<BQ", 0x80, 5) + b"x"
+    frame = struct.pack("<II", 1, crc32c_reference(covered)) + covered
+    decoded = decode_record(frame + NEXT, 0)
+    assert (decoded.outcome, decoded.next_offset) == (Outcome.CORRUPT, 0)
+    assert "record type 0 (reserved) with the first-of-write flag" in decoded.detail
+    assert decode_intact_records(frame, 0, 5) == ([], 0, 5)
+    assert find_intact_record(frame + NEXT, 0, min_sequence=5, max_sequence=6, first_of_write=True) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 127), st.binary(max_size=300), st.booleans()), min_size=1, max_size=20))
+def test_flags_round_trip(records: list[tuple[int, bytes, bool]]) -> None:
+    body = b"".join(
+        encode_record(1 + i, record_type, payload, first_of_write=first)
+        for i, (record_type, payload, first) in enumerate(records)
+    )
+    decoded, outcome = decode_all_flagged(encode_segment_header(1) + body)
+    assert outcome is Outcome.END
+    assert decoded == [(1 + i, t, p, first) for i, (t, p, first) in enumerate(records)]
+    intact, stop, _ = decode_intact_records(body, 0, 1)
+    assert intact == [(1 + i, t, p) for i, (t, p, _) in enumerate(records)] and stop == len(body)
+
+
+def test_find_intact_record_that_begins_a_write() -> None:
+    flagged = encode_record(7, 3, b"later write", first_of_write=True)
+    data = b"\x07" * 13 + RECORD + NEXT + flagged
+    assert find_intact_record(data, 0, min_sequence=5, max_sequence=9, first_of_write=True) == 13 + len(
+        RECORD + NEXT
+    )
+    assert find_intact_record(data[:-1], 0, min_sequence=5, max_sequence=9, first_of_write=True) is None
+    assert find_intact_record(data, 0, min_sequence=5, max_sequence=6, first_of_write=True) is None
+
+
+@pytest.mark.parametrize(
+    ("zeroed", "start", "end", "base_offset", "found"),
+    [
+        ((512, 1024), 100, 2000, 0, 512),  # a whole sector
+        ((300, 512), 300, 2000, 0, 300),  # from the start of the stretch (a write began there) to a boundary
+        ((300, 512), 250, 2000, 0, None),  # zeros from mid-sector, not from the stretch's start: no sign
+        ((512, 1000), 100, 2000, 0, None),  # zeros that stop short of the boundary: no sign
+        ((512, 1024), 100, 1000, 0, None),  # the zeroed sector runs past the stretch
+        ((112, 624), 0, 2000, 400, 512),  # sector boundaries are the file's, not the buffer's
+        ((0, 0), 0, 4096, 0, None),
+    ],
+)
+def test_find_unwritten_sector(
+    zeroed: tuple[int, int], start: int, end: int, base_offset: int, found: int | None
+) -> None:
+    data = bytearray(b"\xa5" * 4096)
+    data[zeroed[0] : zeroed[1]] = bytes(zeroed[1] - zeroed[0])
+    assert find_unwritten_sector(bytes(data), start, end, base_offset=base_offset) == found
+
+
 records_strategy = st.lists(
-    st.tuples(st.integers(1, 255), st.binary(max_size=300)),
+    st.tuples(st.integers(1, 127), st.binary(max_size=300)),
     min_size=1,
     max_size=20,
 )
@@ -233,7 +371,7 @@ def test_zero_fill_after_any_record_boundary_is_torn(
 def test_a_flipped_byte_never_yields_a_wrong_record(records: list[tuple[int, bytes]], data: st.DataObject) -> None:
     full = bytearray(stream(records))
     position = data.draw(st.integers(SEGMENT_HEADER_SIZE, len(full) - 1))
-    full[position] ^= data.draw(st.integers(1, 255))
+    full[position] ^= data.draw(st.integers(1, 127))
     decoded, outcome = decode_all(bytes(full))
     expected = [(1 + i, t, p) for i, (t, p) in enumerate(records)]
     # Whatever is decoded is a prefix of the truth, and decoding stops at (or before) the damaged record.

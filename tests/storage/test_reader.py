@@ -2,7 +2,13 @@
 damage has one outcome, and a torn tail is then repaired (``sidecar.storage.repair``).
 
 The standard log has three segments of 40 records (217-byte frames, so a segment is ~8.7 KiB and a 4 KiB
-sector holds ~19 records): A = 1..40, B = 41..80, C = 81..120.
+sector holds ~19 records): A = 1..40, B = 41..80, C = 81..120. Each segment was written in four writes of ten
+records, the first of each flagged as the first of a write (segment format 2); C's final write is 111..120, from
+offset 6531.
+
+In the last segment of a format-2 log, damage followed by intact records is a torn tail when it shows a sector that
+never reached the disk and no later write begins after it (the final write's pages written back out of order);
+``sidecar.storage.reader`` gives the argument and its limit.
 """
 
 from __future__ import annotations
@@ -62,8 +68,13 @@ class Corrupt:
 Expectation = Clean | Torn | Corrupt
 
 
+FINAL_WRITE = 111  # the first record of C's final write
+
+
 def standard_log(directory: Path) -> list[Path]:
-    return build_log(directory, segments=3, records_per_segment=PER_SEGMENT, payload_size=PAYLOAD)
+    return build_log(
+        directory, segments=3, records_per_segment=PER_SEGMENT, payload_size=PAYLOAD, writes_per_segment=4
+    )
 
 
 def offset_of(path: Path, sequence: int) -> int:
@@ -137,12 +148,79 @@ def case_zeroed_sector_in_middle_segment(directory: Path) -> Expectation:
     return Corrupt(b.name, offset, "checksum mismatch")
 
 
-def case_zeroed_sector_inside_last_segment(directory: Path) -> Expectation:
-    # Zeros followed by intact records are not a torn write: those records were durable.
+def case_zeroed_sector_followed_by_a_later_write_in_last_segment(directory: Path) -> Expectation:
+    # Zeros followed by the intact start of a later write are not a torn write: the damaged write was synced
+    # before that one began, and the records after the zeros were durable.
     _, _, c = standard_log(directory)
-    _, offset = record_overlapping(c, 4096)
+    sequence, offset = record_overlapping(c, 4096)
+    assert sequence < FINAL_WRITE - 10  # in the write before the one before the final write
+    later_write = offset_of(c, FINAL_WRITE)
+    zero_range(c, 4096, 512)
+    return Corrupt(c.name, offset, f"beginning a later write follows at offset {later_write}")
+
+
+def case_hole_in_the_final_write_before_its_own_records(directory: Path) -> Expectation:
+    # The final write's pages written back out of order: a sector inside it never landed, the ones after it did.
+    _, _, c = standard_log(directory)
+    zeroed = 7168
+    sequence, offset = record_overlapping(c, zeroed)
+    assert offset > offset_of(c, FINAL_WRITE) and offset_of(c, 120) > zeroed + 512
+    zero_range(c, zeroed, 512)
+    return Torn(last_good=sequence - 1, offset=offset)
+
+
+def case_hole_at_the_start_of_the_final_write(directory: Path) -> Expectation:
+    # The page holding the final write's start never landed: zeros from there to the sector's end (the part of
+    # the sector before it was synced by the write before), intact records of the same write after them.
+    _, _, c = standard_log(directory)
+    start = offset_of(c, FINAL_WRITE)
+    zero_range(c, start, 512 - start % 512)
+    return Torn(last_good=FINAL_WRITE - 1, offset=start)
+
+
+def case_zeroed_page_hiding_every_later_write_start(directory: Path) -> Expectation:
+    # The accepted limit (sidecar.storage.reader, case 2): a zeroed 4 KiB page of synced records that also hides
+    # the start of every later write, up to and including the final one, reads as that final write's pages lost
+    # in a power cut. It is truncated as a torn tail; the original is kept as .broken.
+    _, _, c = standard_log(directory)
+    sequence, offset = record_overlapping(c, 4096)
+    assert 4096 < offset_of(c, FINAL_WRITE) < 8192 < offset_of(c, 120)
     zero_range(c, 4096, 4096)
-    return Corrupt(c.name, offset, "checksum mismatch")
+    return Torn(last_good=sequence - 1, offset=offset)
+
+
+def case_flipped_byte_in_the_final_write_before_its_own_records(directory: Path) -> Expectation:
+    # Non-zero garbage is not a page that never landed, in the final write too.
+    _, _, c = standard_log(directory)
+    offset = offset_of(c, FINAL_WRITE + 2)
+    flip_byte(c, offset + RECORD_HEADER_SIZE + 17)
+    return Corrupt(c.name, offset, "intact record follows")
+
+
+def case_hole_in_a_format_1_segment(directory: Path) -> Expectation:
+    # Format 1 marks no write: a hole followed by intact records is refused, as it always was.
+    only = directory / segment_name(1)
+    write_segment(only, 1, list(range(1, 41)), PAYLOAD, version=1)
+    _, offset = record_overlapping(only, 4096)
+    zero_range(only, 4096, 512)
+    return Corrupt(only.name, offset, "checksum mismatch")
+
+
+def case_hand_made_hole_before_unflagged_records(directory: Path) -> Expectation:
+    only = directory / segment_name(1)
+    write_segment(only, 1, list(range(1, 41)), PAYLOAD, first_of_write={1, 11})
+    sequence, offset = record_overlapping(only, 4096)
+    zero_range(only, 4096, 512)
+    return Torn(last_good=sequence - 1, offset=offset)
+
+
+def case_hand_made_hole_before_a_flagged_record(directory: Path) -> Expectation:
+    only = directory / segment_name(1)
+    write_segment(only, 1, list(range(1, 41)), PAYLOAD, first_of_write={1, 11, 31})
+    _, offset = record_overlapping(only, 4096)
+    later_write = offset_of(only, 31)
+    zero_range(only, 4096, 512)
+    return Corrupt(only.name, offset, f"beginning a later write follows at offset {later_write}")
 
 
 def case_flipped_payload_byte_in_middle_segment(directory: Path) -> Expectation:
@@ -171,6 +249,13 @@ def case_length_points_past_end_with_records_after(directory: Path) -> Expectati
     # A damaged length that runs past the end looks like a torn record; the intact records after it say no.
     _, _, c = standard_log(directory)
     offset = offset_of(c, 100)
+    set_byte(c, offset + 2, 0x10)
+    return Corrupt(c.name, offset, "intact record beginning a later write follows")
+
+
+def case_length_points_past_end_inside_the_final_write(directory: Path) -> Expectation:
+    _, _, c = standard_log(directory)
+    offset = offset_of(c, FINAL_WRITE + 2)
     set_byte(c, offset + 2, 0x10)
     return Corrupt(c.name, offset, "intact record follows")
 
@@ -204,8 +289,8 @@ def case_middle_segment_torn(directory: Path) -> Expectation:
 
 def case_unknown_segment_version(directory: Path) -> Expectation:
     _, b, _ = standard_log(directory)
-    set_byte(b, 8, 2)
-    return Corrupt(b.name, 8, "unsupported segment format version 2")
+    set_byte(b, 8, 3)
+    return Corrupt(b.name, 8, "unsupported segment format version 3")
 
 
 def case_bad_segment_magic(directory: Path) -> Expectation:
@@ -421,6 +506,23 @@ def test_read_records_tolerates_deleted_old_segments_and_reports_torn_tail(tmp_p
     assert scan.torn_tail is not None and scan.torn_tail.last_good_sequence == 119
     assert c.stat().st_size == cut  # read-only: nothing repaired
     assert next(iter(read_records(tmp_path, FILEOPS, after_sequence=100))).sequence == 101
+
+
+@pytest.mark.parametrize("damage", ["hole in the last write", "cut short"])
+def test_an_archive_ends_in_no_torn_tail(tmp_path: Path, damage: str) -> None:
+    """Archived segments were complete when moved: what the log's last segment may show after a power cut is
+    corruption there."""
+    _, _, c = standard_log(tmp_path)
+    if damage == "cut short":
+        offset = offset_of(c, 120)
+        truncate(c, offset + 30)
+    else:
+        _, offset = record_overlapping(c, 7168)
+        zero_range(c, 7168, 512)
+    assert read_records(tmp_path, FILEOPS).consume().torn_tail is not None  # as the log it would be torn
+    with pytest.raises(LogCorruptionError) as raised:
+        read_records(tmp_path, FILEOPS, archive=True).consume()
+    assert (raised.value.file, raised.value.offset) == (c, offset)
 
 
 def test_scan_ignores_foreign_files(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""DecisionLog: appending, group commit, waiters, rotation, segment deletion, reopening and metrics."""
+"""DecisionLog: appending, group commit, waiters, rotation, segment deletion, reopening, metrics, and the format it
+writes (segment format 2: the first record of each write marked; a format-1 segment never appended to)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from sidecar.storage import (
     scan_log,
     segment_name,
 )
-from sidecar.storage.framing import MAX_PAYLOAD_SIZE, SEGMENT_HEADER_SIZE
+from sidecar.storage.framing import MAX_PAYLOAD_SIZE, SEGMENT_HEADER_SIZE, decode_segment_header
 
-from .damage import append_bytes, payload_for
+from .damage import append_bytes, first_of_write_flags, payload_for, write_segment
 from .fakes import FaultyFileOps, GatedFileOps
 
 FILEOPS = FileOps()
@@ -409,3 +410,80 @@ def test_appends_from_other_threads_still_wake_the_flusher(tmp_path: Path) -> No
         thread.start()
         thread.join()
         assert done.wait(10)
+
+
+# -- segment format 2 ---------------------------------------------------------------------------------------------
+
+GOLDEN_V2 = Path(__file__).parent / "golden" / "segment-v2.log"
+
+
+def test_the_writer_still_writes_the_golden_v2_bytes(tmp_path: Path) -> None:
+    """The writer's own output for two group commits is tests/storage/golden/segment-v2.log, byte for byte
+    (test_framing.py reads it field by field). If this fails, the format changed: bump the version instead."""
+    with open_log(tmp_path, next_sequence=7) as log:
+        log.wait_durable(log.append_many([(1, b"first decision"), (127, b"")]))
+        log.wait_durable(log.append(2, bytes(range(32))))
+    assert (tmp_path / segment_name(7)).read_bytes() == GOLDEN_V2.read_bytes()
+
+
+def test_every_write_begins_with_a_marked_record_and_only_it(tmp_path: Path) -> None:
+    with open_log(tmp_path) as log:
+        log.defer_wakeups_on_this_thread()
+        log.append_batch(2, [b"a", b"b", b"c"])
+        assert log.flush_here()  # a write on the appending thread
+        log.append(1, b"d")
+        log.wait_durable(log.append_many([(1, b"e"), (3, b"f")]))  # a write by the flusher
+        log.wait_durable(log.append(1, b"g"))
+    segment = tmp_path / segment_name(1)
+    assert decode_segment_header(segment.read_bytes()).version == 2
+    assert first_of_write_flags(segment) == [True, False, False, True, False, False, True]
+    # Readers see the types as appended, without the mark.
+    assert [(r.record_type, r.payload) for r in scan_log(tmp_path, FILEOPS, 0)] == [
+        (2, b"a"),
+        (2, b"b"),
+        (2, b"c"),
+        (1, b"d"),
+        (1, b"e"),
+        (3, b"f"),
+        (1, b"g"),
+    ]
+
+
+def test_a_type_that_would_collide_with_the_mark_is_refused(tmp_path: Path) -> None:
+    with open_log(tmp_path) as log:
+        for record_type in (128, 255):
+            with pytest.raises(ValueError, match=r"1\.\.127"):
+                log.append(record_type, b"x")
+            with pytest.raises(ValueError, match=r"1\.\.127"):
+                log.append_batch(record_type, [b"x"])
+        assert log.last_sequence == 0
+
+
+def test_open_closes_a_format_1_segment_and_continues_in_a_format_2_one(tmp_path: Path) -> None:
+    old = tmp_path / segment_name(1)
+    write_segment(old, 1, list(range(1, 11)), version=1)
+    before = old.read_bytes()
+    fileops = FaultyFileOps()
+    with open_log(tmp_path, fileops=fileops, next_sequence=11) as log:
+        # Made durable before the new segment exists, as on every open (a killed predecessor's page cache).
+        assert fileops.calls_by_file[("fsync", segment_name(1))] == 1
+        assert log.segment_count == 2
+        log.wait_durable(log.append_many([(1, payload_for(11)), (1, payload_for(12))]))
+    assert old.read_bytes() == before  # nothing appended to the format-1 file
+    new = tmp_path / segment_name(11)
+    assert decode_segment_header(new.read_bytes()).version == 2
+    assert first_of_write_flags(new) == [True, False]
+    assert [(r.sequence, r.payload) for r in scan_log(tmp_path, FILEOPS, 0)] == [
+        (n, payload_for(n)) for n in range(1, 13)
+    ]
+
+
+def test_open_replaces_an_empty_format_1_segment_by_a_format_2_one(tmp_path: Path) -> None:
+    write_segment(tmp_path / segment_name(1), 1, list(range(1, 11)), version=1)
+    write_segment(tmp_path / segment_name(11), 11, [], version=1)
+    with open_log(tmp_path, next_sequence=11) as log:
+        assert log.segment_count == 2
+        log.wait_durable(log.append(1, payload_for(11)))
+    assert [s.first_sequence for s in list_segments(tmp_path, FILEOPS)] == [1, 11]
+    assert decode_segment_header((tmp_path / segment_name(11)).read_bytes()).version == 2
+    assert sequences_on_disk(tmp_path) == list(range(1, 12))

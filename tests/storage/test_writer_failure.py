@@ -17,9 +17,10 @@ from sidecar.storage import (
     StorageIOError,
     list_segments,
     scan_log,
+    segment_name,
 )
 
-from .damage import payload_for
+from .damage import first_of_write_flags, payload_for
 from .fakes import FaultyFileOps
 
 FILEOPS = FileOps()
@@ -160,6 +161,8 @@ def test_records_queued_during_the_failed_fsync_are_rewritten_too(tmp_path: Path
     log.wait_durable(log.append(1, payload_for(6)))
     log.close()
     assert_clean_gapless(tmp_path, {n: payload_for(n) for n in range(1, 7)})
+    # The rewrite of 1..5 was one write: its first record marked, the records queued meanwhile not.
+    assert first_of_write_flags(tmp_path / segment_name(1)) == [True, False, False, False, False, True]
 
 
 def test_failed_rotation_is_retried(tmp_path: Path) -> None:
@@ -181,6 +184,52 @@ def test_failed_rotation_is_retried(tmp_path: Path) -> None:
     log.close()
     assert [s.first_sequence for s in list_segments(tmp_path, FILEOPS)] == [1, 6]
     assert_clean_gapless(tmp_path, expected)
+
+
+class FailingRotationWhileAppendsArrive(FileOps):
+    """fdatasync blocks until released (appends arrive meanwhile), then creating the next segment fails once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.inside.set()
+            self.release.wait(10)
+        super().fdatasync(fd)
+
+    def create_exclusive(self, path: Path) -> int:
+        if self.armed:
+            self.armed = False
+            raise StorageIOError("open", path, errno.ENOSPC, "injected")
+        return super().create_exclusive(path)
+
+
+def test_a_rewrite_that_begins_with_records_never_written_marks_its_first(tmp_path: Path) -> None:
+    """After a failed rotation the rewrite holds only records queued meanwhile, none of them marked yet."""
+    fileops, health = FailingRotationWhileAppendsArrive(), Health()
+    log = DecisionLog.open(
+        tmp_path,
+        fileops=fileops,
+        next_sequence=1,
+        on_health_change=health,
+        retry_interval=0.01,
+        segment_bytes=512,
+    )
+    fileops.armed = True
+    log.append_many([(1, payload_for(n, 150)) for n in range(1, 5)])  # fills the segment
+    assert fileops.inside.wait(5)
+    queued = log.append_many([(1, payload_for(n, 150)) for n in range(5, 8)])
+    fileops.release.set()
+    health.wait_for([False, True])
+    log.wait_durable(queued)
+    log.close()
+    assert [s.first_sequence for s in list_segments(tmp_path, FILEOPS)] == [1, 5]
+    assert first_of_write_flags(tmp_path / segment_name(5)) == [True, False, False]
+    assert_clean_gapless(tmp_path, {n: payload_for(n, 150) for n in range(1, 8)})
 
 
 def test_rotation_whose_directory_fsync_fails_is_retried(tmp_path: Path) -> None:
@@ -285,6 +334,27 @@ def test_a_retracted_record_is_rewritten_as_its_replacement_never_as_itself(
         assert payloads[0] == b"before" and b"commit 7" not in payloads, payloads
         return
     assert_clean_gapless(tmp_path, {1: b"before", decision: b"decision", commit: b"commit 0"})
+
+
+def test_a_retracted_record_that_began_its_write_keeps_the_mark(tmp_path: Path) -> None:
+    """The commit alone in the write that failed was queued for writing marked: the retraction finds it so, and
+    the replacement takes the mark over (the rewrite begins with it)."""
+    fileops, health = FaultyFileOps(), Health()
+    log = open_faulty(tmp_path, fileops, health)
+    log.wait_durable(log.append(1, b"before"))
+    log.defer_wakeups_on_this_thread()
+    fileops.fail("fdatasync", errno.EIO)
+    fileops.fail("fsync", errno.EIO)
+    commit = log.append(5, b"commit 7")
+    assert log.flush_here()  # the commit alone is the write that fails
+    with pytest.raises(LogUnavailableError):
+        log.wait_durable(commit)
+    assert log.retract_last(commit, (5, b"commit 7"), (5, b"commit 0"))
+    fileops.heal()
+    health.wait_for([False, True])
+    log.close()
+    assert_clean_gapless(tmp_path, {1: b"before", commit: b"commit 0"})
+    assert first_of_write_flags(tmp_path / segment_name(1)) == [True, True]
 
 
 def test_retracting_a_durable_record_changes_nothing(tmp_path: Path) -> None:
