@@ -55,6 +55,7 @@ from itertools import accumulate, islice
 from operator import eq, le
 
 from sidecar.domain import ROOT_SIZE, SLOTS_PER_EPOCH
+from sidecar.rules import vote_conflict
 
 __all__ = [
     "EPOCH_FLOOR_NONE",
@@ -325,7 +326,9 @@ class ValidatorHistory:
             root = self._root_above_floors(source_epoch, target_epoch, signing_root)
             self._append_attestation(source_epoch, target_epoch, root)
             if source_epoch > target_epoch or (n and self._prefix_max_source[n - 1] > source_epoch):
-                # Source above target, or (target above all others) surrounding an earlier vote.
+                # `sidecar.rules.vote_conflict` where the target is above every recorded one (no vote shares it,
+                # none can surround it), in O(1) for the append path of imports: source above target, or a
+                # surround of an earlier vote. tests/rules/test_history_fast_paths.py checks the two agree.
                 return MergeOutcome.CONFLICT
             return MergeOutcome.ADDED
         lo = bisect_left(targets, target_epoch)
@@ -343,12 +346,7 @@ class ValidatorHistory:
                 # As for blocks: two known roots are a double vote, a copy without a root is not evidence.
                 return MergeOutcome.ADDED if signing_root is None else MergeOutcome.CONFLICT
         signing_root = self._root_above_floors(source_epoch, target_epoch, signing_root)
-        conflict = (
-            hi > lo
-            or source_epoch > target_epoch
-            or self.recorded_vote_surrounded_by(source_epoch, target_epoch) is not None
-            or self.recorded_vote_surrounding(source_epoch, target_epoch) is not None
-        )
+        conflict = vote_conflict(self, source_epoch, target_epoch) is not None
         # Keep entries ordered by (target, source) so exports are canonical.
         index = lo + bisect_left(self.sources[lo:hi], source_epoch) if hi > lo else lo
         self._insert_attestation(index, source_epoch, target_epoch, signing_root)

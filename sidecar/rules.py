@@ -50,6 +50,7 @@ __all__ = [
     "Reason",
     "check_attestation",
     "check_block",
+    "vote_conflict",
 ]
 
 
@@ -166,6 +167,39 @@ def check_attestation(
         )
     if history.is_next_honest_vote(source_epoch, target_epoch):
         return ALLOWED_NEW  # the usual vote: every check below would pass (see the method)
+    if source_epoch <= target_epoch:
+        same_target = history.attestations_at_target(target_epoch)
+        if len(same_target) == 1:
+            recorded_source, recorded_root = same_target[0]
+            if recorded_source == source_epoch and recorded_root is not None and recorded_root == signing_root:
+                return ALLOWED_REPEAT
+    conflict = vote_conflict(history, source_epoch, target_epoch)
+    if conflict is not None:
+        return conflict
+    source_bound = history.source_epoch_lower_bound()
+    if source_bound is not None and source_epoch < source_bound:
+        return Decision(
+            Reason.SOURCE_EPOCH_BELOW_LOWER_BOUND,
+            f"refused: source epoch {source_epoch} is below the lower bound, source epoch {source_bound}",
+        )
+    target_bound = history.target_epoch_lower_bound()
+    if target_bound is not None and target_epoch <= target_bound:
+        return Decision(
+            Reason.TARGET_EPOCH_AT_OR_BELOW_LOWER_BOUND,
+            f"refused: target epoch {target_epoch} is at or below the lower bound, target epoch {target_bound}",
+        )
+    return ALLOWED_NEW
+
+
+def vote_conflict(history: ValidatorHistory, source_epoch: int, target_epoch: int) -> Decision | None:
+    """The refusal a vote (source_epoch, target_epoch) other than the identical repeat meets against the recorded
+    votes alone, or None: the consensus spec's slashing conditions (`is_slashable_attestation_data`: a double
+    vote, any other recorded vote at the target; a surround, either way) and a source above its target.
+
+    The one conflict predicate: `check_attestation` refuses with it (after its repeat check and before the lower
+    bounds), and the import merge (`ValidatorHistory.add_attestation`) marks with it a record that is slashable
+    evidence against the history it joins. Checked in that order, which is the order of the reasons it names.
+    """
     if source_epoch > target_epoch:
         return Decision(
             Reason.SOURCE_EPOCH_GREATER_THAN_TARGET_EPOCH,
@@ -173,10 +207,6 @@ def check_attestation(
         )
     same_target = history.attestations_at_target(target_epoch)
     if same_target:
-        if len(same_target) == 1:
-            recorded_source, recorded_root = same_target[0]
-            if recorded_source == source_epoch and recorded_root is not None and recorded_root == signing_root:
-                return ALLOWED_REPEAT
         recorded_source, recorded_root = same_target[0]
         return Decision(
             Reason.DOUBLE_VOTE,
@@ -197,16 +227,4 @@ def check_attestation(
             f"refused: the vote ({source_epoch}, {target_epoch}) is surrounded by the recorded vote "
             f"({surrounding[0]}, {surrounding[1]})",
         )
-    source_bound = history.source_epoch_lower_bound()
-    if source_bound is not None and source_epoch < source_bound:
-        return Decision(
-            Reason.SOURCE_EPOCH_BELOW_LOWER_BOUND,
-            f"refused: source epoch {source_epoch} is below the lower bound, source epoch {source_bound}",
-        )
-    target_bound = history.target_epoch_lower_bound()
-    if target_bound is not None and target_epoch <= target_bound:
-        return Decision(
-            Reason.TARGET_EPOCH_AT_OR_BELOW_LOWER_BOUND,
-            f"refused: target epoch {target_epoch} is at or below the lower bound, target epoch {target_bound}",
-        )
-    return ALLOWED_NEW
+    return None

@@ -17,8 +17,10 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from sidecar.history import MergeOutcome, ValidatorHistory
+from sidecar.rules import vote_conflict
 from tests.support.history_state import full_state
 
+from .rules_oracle import Recorded
 from .rules_support import ROOT_A, ROOT_B, build_history, imported_histories
 
 SETTINGS = settings(max_examples=300, deadline=None)
@@ -177,3 +179,37 @@ def test_loading_keeps_slashable_imports_with_exact_indexes() -> None:
     )
     assert history._prefix_max_source.tolist() == [1, 3, 8, 8]
     assert history._suffix_min_source.tolist() == [1, 2, 2, 2]
+
+
+@st.composite
+def merges(draw: st.DrawFn) -> tuple[tuple[Recorded, int], int, int, bytes | None]:
+    """A history an import may produce and a record to merge into it, its epochs drawn near the history's own
+    (equal, one off) as often as anywhere, where the boundaries of the conditions are."""
+    imported = draw(imported_histories())
+    near = sorted({epoch for a in imported[0].attestations for epoch in (a.source, a.target)}) or [0]
+
+    def epoch() -> int:
+        close = max(draw(st.sampled_from(near)) + draw(st.integers(-1, 1)), 0)
+        return draw(st.one_of(st.integers(0, 45), st.just(close)))
+
+    return imported, epoch(), epoch(), draw(st.sampled_from([ROOT_A, ROOT_B, None]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(merges())
+def test_the_merge_marks_as_conflict_exactly_what_the_shared_predicate_refuses(
+    merge: tuple[tuple[Recorded, int], int, int, bytes | None],
+) -> None:
+    """`add_attestation` (its O(1) append branch included) calls a new record slashable evidence exactly when
+    `sidecar.rules.vote_conflict`, the rules' own predicate, would refuse it against the history it joins. A
+    record at a recorded (source, target) is the one case the predicate leaves to its callers (a repeat, or a
+    root made unknown)."""
+    imported, source, target, root = merge
+    history = build_history(*imported)
+    if (source, target) in zip(history.sources, history.targets, strict=True):
+        return
+    expected = vote_conflict(history, source, target) is not None
+    appended = not history.targets or target > history.targets[-1]
+    event("append branch" if appended else "general branch")
+    outcome = history.add_attestation(source, target, root)
+    assert (outcome is MergeOutcome.CONFLICT) == expected, (source, target, outcome)
