@@ -194,3 +194,84 @@ def test_checkpoint_attestations_out_of_order_name_the_validator() -> None:
     body[first:second], body[second : second + 8] = body[second : second + 8], body[first:second]
     with pytest.raises(codec.CodecError, match=f"validator 0x{KEYS[0].hex()}: attestations out of order"):
         list(codec.decode_checkpoint_body(bytes(body)))
+
+
+def round_trip(history: ValidatorHistory) -> ValidatorHistory:
+    [entry] = codec.decode_checkpoint_body(body_of({KEYS[0]: history}))
+    return entry.history
+
+
+@pytest.mark.parametrize(
+    "floors",
+    [(0, 0, -1), (-1, 3, -1), (-1, 0, 0), (7, 0, -1), (-1, 0, 9), (7, 3, 9)],
+    ids=["slot 0", "source 3", "target 0", "slot 7", "target 9", "all three"],
+)
+def test_each_floor_survives_the_body_alone(floors: tuple[int, int, int]) -> None:
+    # A floor that is none stays none (slot 0, source 0 and target 0 are real floors that refuse epoch or slot 0).
+    history = honest_history(3, 2)
+    history.raise_floors(*floors)
+    decoded = round_trip(history)
+    assert (decoded.slot_floor, decoded.source_epoch_floor, decoded.target_epoch_floor) == floors
+    assert full_state(decoded) == full_state(history)
+
+
+def test_validator_entry_layout_field_by_field() -> None:
+    """The documented layout of one validator entry; a floor whose bit is clear has the field 0."""
+    history = honest_history(3, 2, blocks=1)
+    history.raise_floors(-1, 2, -1)
+    entry = codec.encode_checkpoint_validator(KEYS[0], history)
+    head = struct.Struct("<48sQQQBQQQBQI")
+    assert head.unpack_from(entry) == (KEYS[0], 43, 3, 1, 0b010, 0, 2, 0, codec.ATTESTATION_DECISION, 43, 106)
+    last_end = head.size + 106
+    assert entry[head.size : last_end] == history.last_decision
+    assert struct.unpack_from("<IQB32s", entry, last_end) == (1, 100, 1, ROOTS[0])
+    assert struct.unpack_from("<I4Q", entry, last_end + 45) == (2, 4, 5, 3, 4)
+
+    history.last_decision = codec.encode_block_decision(KEYS[0], 100, ROOTS[0], 1, 7)
+    assert head.unpack_from(codec.encode_checkpoint_validator(KEYS[0], history))[8] == codec.BLOCK_DECISION
+    history.last_decision = None
+    history.raise_floors(0, 2, 0)
+    fields = head.unpack_from(codec.encode_checkpoint_validator(KEYS[0], history))
+    assert fields[4:9] == (0b111, 0, 2, 0, 0) and fields[10] == 0
+
+
+def test_a_last_decision_of_neither_length_is_refused() -> None:
+    with pytest.raises(codec.CodecError, match=r"^a decision payload of 3 bytes$"):
+        codec.last_decision_type(b"abc")
+
+
+def test_a_body_without_validators_is_its_nine_byte_header() -> None:
+    header = codec.encode_checkpoint_header(0)
+    assert header == b"\x01" + bytes(8)
+    assert list(codec.decode_checkpoint_body(header)) == []
+    with pytest.raises(codec.CodecError, match=r"^checkpoint body too short$"):
+        list(codec.decode_checkpoint_body(header[:8]))
+    with pytest.raises(codec.CodecError, match=r"^unknown checkpoint body version 3 "):
+        list(codec.decode_checkpoint_body(b"\x03" + header[1:]))
+
+
+def test_a_big_endian_host_writes_and_reads_the_arrays_little_endian(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a big-endian host the u64 arrays are byte-swapped on the way out and back: simulated here by forcing the
+    swap on this (little-endian) host, where the bytes written must then be the big-endian ones."""
+    history = ValidatorHistory()
+    history.add_attestation(2**63 + 1, 2**64 - 2, ROOTS[0])  # above the signed range: the arrays are unsigned
+    native = body_of({KEYS[0]: history})
+    monkeypatch.setattr(codec, "_NEEDS_BYTESWAP", True)
+    swapped = body_of({KEYS[0]: history})
+    arrays_at = native.index(struct.pack("<Q", 2**64 - 2))
+    assert swapped[arrays_at : arrays_at + 16] == struct.pack(">QQ", 2**64 - 2, 2**63 + 1)
+    [entry] = codec.decode_checkpoint_body(swapped)
+    assert full_state(entry.history) == full_state(history)
+
+
+def test_a_damaged_body_says_where() -> None:
+    body = body_of({KEYS[0]: honest_history(3, 2)})
+    with pytest.raises(codec.CodecError, match=r"^checkpoint body truncated at byte 9$"):
+        list(codec.decode_checkpoint_body(body[:20]))  # inside the first validator's fixed fields
+    with pytest.raises(codec.CodecError, match=r"^checkpoint body truncated inside a validator$"):
+        list(codec.decode_checkpoint_body(body[:-1]))  # inside the attestation arrays
+    last_type_at = 9 + 48 + 3 * 8 + 1 + 3 * 8
+    assert body[last_type_at] == codec.ATTESTATION_DECISION
+    damaged = body[:last_type_at] + b"\x03" + body[last_type_at + 1 :]
+    with pytest.raises(codec.CodecError, match=r"^unknown last decision type 3$"):
+        list(codec.decode_checkpoint_body(damaged))

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from sidecar.domain import SLOTS_PER_EPOCH
 from sidecar.history import MergeOutcome, ValidatorHistory
 from sidecar.rules import vote_conflict
 from tests.support.history_state import full_state
@@ -161,6 +162,7 @@ def test_loaded_arrays_rebuild_the_same_indexes(history: ValidatorHistory) -> No
         ([5, 4], [1, 2], "attestations out of order"),  # sources sorted, targets not
         ([5, 4], [2, 1], "attestations out of order"),
         ([4, 4, 6], [3, 2, 5], "attestations out of order at index 1"),  # one target, sources falling
+        ([5, 5, 5], [1, 3, 2], r"attestations out of order at index 2$"),
     ],
 )
 def test_loading_refuses_arrays_out_of_order(targets: list[int], sources: list[int], message: str) -> None:
@@ -213,3 +215,115 @@ def test_the_merge_marks_as_conflict_exactly_what_the_shared_predicate_refuses(
     event("append branch" if appended else "general branch")
     outcome = history.add_attestation(source, target, root)
     assert (outcome is MergeOutcome.CONFLICT) == expected, (source, target, outcome)
+
+
+def test_compacting_keeps_unsigned_64_bit_epochs() -> None:
+    history = ValidatorHistory()
+    history.add_attestation(2**63, 2**64 - 1, ROOT_A)
+    before = full_state(history)
+    history.compact()
+    assert full_state(history) == before
+
+
+@pytest.mark.parametrize(
+    ("sources", "roots", "root_known"),
+    [([1], bytes(64), bytes(2)), ([1, 2], bytes(32), bytes(2)), ([1, 2], bytes(64), bytes(1))],
+    ids=["sources", "roots", "root flags"],
+)
+def test_loading_refuses_arrays_of_different_lengths(sources: list[int], roots: bytes, root_known: bytes) -> None:
+    with pytest.raises(ValueError, match=r"^attestation arrays of different lengths$"):
+        ValidatorHistory().load_attestation_arrays(
+            array("Q", [2, 3]), array("Q", sources), bytearray(roots), bytearray(root_known)
+        )
+
+
+def test_a_minified_history_holds_one_vote_with_an_unknown_root_at_u64_epochs() -> None:
+    history = ValidatorHistory()
+    history.add_attestation(2**63, 2**63 + 5, ROOT_A)
+    history.add_attestation(2**63 + 1, 2**64 - 1, ROOT_B)
+    history.minify()
+    assert (history.sources.tolist(), history.targets.tolist()) == ([2**63 + 1], [2**64 - 1])
+    assert history.root_arrays() == (bytearray(32), bytearray(1))
+    assert_indexes_exact(history)
+
+
+# ------------------------------------------------------------------------------ absorb: the fast take-over
+
+
+@pytest.mark.parametrize(
+    ("floors", "expected_roots"),
+    [((10, 0, -1), [None, ROOT_A]), ((-1, 3, -1), [ROOT_A, None]), ((-1, 0, 4), [ROOT_A, None])],
+    ids=["slot floor", "source floor", "target floor"],
+)
+def test_absorbing_into_a_history_with_a_floor_clears_roots_at_or_below_it(
+    floors: tuple[int, int, int], expected_roots: list[bytes | None]
+) -> None:
+    """Only an empty history without floors may take the imported records over whole: any floor of its own
+    clears the roots of records at or below it, as adding them one by one does."""
+    history = ValidatorHistory()
+    history.raise_floors(*floors)
+    imported = ValidatorHistory()
+    imported.add_block(5, ROOT_A)
+    imported.add_attestation(2, 4, ROOT_A)
+    history.absorb(imported)
+    [vote] = history.attestations()
+    assert [history.blocks[5], vote.signing_root] == expected_roots
+
+
+@pytest.mark.parametrize(
+    ("blocks", "votes", "outcome"),
+    [
+        ([], [], MergeOutcome.UNCHANGED),
+        ([(5, ROOT_A)], [], MergeOutcome.ADDED),
+        ([], [(1, 2)], MergeOutcome.ADDED),
+    ],
+)
+def test_absorbing_into_an_empty_history_says_whether_it_added_anything(blocks, votes, outcome) -> None:
+    imported = ValidatorHistory()
+    for slot, root in blocks:
+        imported.add_block(slot, root)
+    for source, target in votes:
+        imported.add_attestation(source, target, ROOT_A)
+    assert ValidatorHistory().absorb(imported) is outcome
+
+
+def test_absorbing_what_is_already_there_changes_nothing_and_a_new_floor_does() -> None:
+    history = ValidatorHistory()
+    history.add_block(5, ROOT_A)
+    again = ValidatorHistory()
+    again.add_block(5, ROOT_A)
+    assert history.absorb(again) is MergeOutcome.UNCHANGED
+    floor_only = ValidatorHistory()
+    floor_only.raise_floors(9, 0, -1)
+    assert history.absorb(floor_only) is MergeOutcome.ADDED
+
+
+def test_a_history_without_records_or_floors_has_no_lower_bounds() -> None:
+    history = ValidatorHistory()
+    assert history.lower_bounds() == (None, None, None)
+    history.add_block(0, ROOT_A)
+    history.add_attestation(0, 0, ROOT_A)
+    assert history.lower_bounds() == (0, None, 0)  # slot 0 and target 0 are bounds; source 0 refuses nothing
+
+
+def test_pruning_drops_exactly_what_is_more_than_a_window_below_the_newest() -> None:
+    window_slots = 2 * SLOTS_PER_EPOCH
+    history = ValidatorHistory()
+    for slot in (0, 50):
+        history.add_block(slot, ROOT_A)
+    for source, target in ((0, 15), (5, 20), (29, 30)):
+        history.add_attestation(source, target, ROOT_A)
+    assert history.prune_blocks(2, slack_epochs=0) is False  # 50 is within the window of 2 epochs
+    # The default slack (16 epochs) waits until the oldest vote is that far beyond the window; without slack,
+    # everything more than the window below the newest vote goes.
+    assert history.prune(2) is False and history.targets.tolist() == [15, 20, 30]
+    assert history.prune(2, slack_epochs=0) is True and history.targets.tolist() == [30]
+    assert (history.source_epoch_floor, history.target_epoch_floor) == (5, 20)
+    history.add_block(window_slots + 40, ROOT_A)
+    assert history.prune(2) is False and sorted(history.blocks) == [0, 50, window_slots + 40]
+    assert history.prune(2, slack_epochs=0) is True and sorted(history.blocks) == [50, window_slots + 40]
+    assert history.slot_floor == 0
+    # Below means strictly below; the highest block removed is returned, and none left means no lowest slot.
+    assert history.drop_blocks_below(50) == -1 and sorted(history.blocks) == [50, window_slots + 40]
+    assert history.drop_blocks_below(window_slots + 41) == window_slots + 40
+    assert (history.blocks, history.lowest_slot) == ({}, None)

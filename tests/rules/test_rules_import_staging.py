@@ -234,3 +234,110 @@ def test_one_key_in_several_entries_merges_like_one_entry(minimal: bool) -> None
         assert got.blocks == {5: None, 9: ROOT_A}
         # One document: its minima over both entries are the floors (EIP-3076 conditions 2, 4 and 5).
         assert recorded_from(got).floors == Floors(slot=5, source=1, target=3)
+
+
+# ------------------------------------------------------------------------------ StagedHistory's edges, one by one
+
+
+def staged(minimal: bool = False, window: int | None = None, blocks=(), attestations=()) -> StagedHistory:
+    staging = StagedHistory(window, minimal)
+    staging.add_blocks(blocks)
+    staging.add_attestations(attestations)
+    return staging
+
+
+def test_a_staged_history_is_spent_by_finish_and_merges_only_its_own_kind() -> None:
+    done = staged()
+    done.finish()
+    for use in (
+        lambda: done.add_blocks([(1, None)]),
+        lambda: done.add_attestations([(1, 2, None)]),
+        lambda: done.absorb(staged()),
+        lambda: staged().absorb(done),
+    ):
+        with pytest.raises(AssertionError, match=r"^staged history used after finish$"):
+            use()
+    for other in (staged(minimal=True), staged(window=8)):
+        with pytest.raises(AssertionError):
+            staged().absorb(other)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "attestations", "reduced"),
+    [
+        ([(5, None)], [], False),
+        ([], [(1, 2, None)], False),
+        ([(5, ROOT_A)], [], True),
+        ([], [(1, 2, ROOT_A)], True),
+        ([(5, None), (6, None)], [], True),
+        ([], [(1, 2, None), (2, 3, None)], True),
+    ],
+)
+def test_minimal_staging_is_reduced_when_it_leaves_out_a_record_or_a_root(blocks, attestations, reduced) -> None:
+    assert staged(True, None, blocks, attestations).reduced is reduced
+    # The same records in two entries of one key.
+    first = staged(True, None, blocks[:1], attestations[:1])
+    first.absorb(staged(True, None, blocks[1:], attestations[1:]))
+    assert first.reduced is reduced
+    second = staged(True, None, [], [])
+    second.absorb(staged(True, None, blocks, attestations))
+    assert second.reduced is reduced
+
+
+def test_slashable_records_are_noticed_in_whichever_entry_they_are() -> None:
+    assert StagedHistory(None, False).slashable is False
+    assert not staged(blocks=[(5, ROOT_A), (6, ROOT_B)], attestations=[(1, 2, ROOT_A), (2, 3, ROOT_A)]).slashable
+    assert not staged(attestations=[(1, 2, None), (2, 3, None), (2, 3, None)]).slashable
+    assert staged(blocks=[(5, ROOT_A), (5, ROOT_B)]).slashable
+    assert staged(attestations=[(1, 2, ROOT_A), (1, 2, ROOT_B)]).slashable
+    merged = staged(blocks=[(7, ROOT_A)])
+    merged.absorb(staged(blocks=[(5, ROOT_A), (5, ROOT_B)]))
+    assert merged.slashable is True
+
+
+def test_a_block_exactly_a_window_below_the_newest_is_kept() -> None:
+    window_slots = 2 * SLOTS_PER_EPOCH
+    history = staged(
+        window=2, blocks=[(200, ROOT_A), (200 - window_slots, ROOT_A), (200 - window_slots - 1, None)]
+    )
+    finished = history.finish()
+    assert sorted(finished.blocks) == [200 - window_slots, 200]
+    assert finished.slot_floor == 200 - window_slots - 1
+
+
+def test_staging_holds_blocks_within_the_window_plus_slack_and_drops_the_rest_at_once() -> None:
+    reach = (2 + PRUNE_SLACK_EPOCHS) * SLOTS_PER_EPOCH  # window 2 plus the slack: what staging may hold
+    history = staged(window=2, blocks=[(0, ROOT_A), (reach, ROOT_A)])
+    assert sorted(history.history.blocks) == [0, reach]
+    history.add_blocks([(reach + 1, ROOT_A)])
+    assert sorted(history.history.blocks) == [reach, reach + 1]
+
+
+@pytest.mark.parametrize("minimal", [False, True])
+def test_entries_without_a_window_merge(minimal: bool) -> None:
+    merged = staged(minimal, None, [(5, ROOT_A)], [(1, 2, ROOT_A)])
+    merged.absorb(staged(minimal, None, [(9, ROOT_A)], [(3, 4, ROOT_A)]))
+    finished = merged.finish()
+    assert max(finished.blocks) == 9 and finished.targets[-1] == 4
+
+
+def test_a_vote_exactly_a_window_below_the_newest_is_kept() -> None:
+    history = staged(window=2, attestations=[(10, 20, ROOT_A), (5, 18, ROOT_A), (4, 17, None)])
+    finished = history.finish()
+    assert finished.targets.tolist() == [18, 20]
+    assert (finished.source_epoch_floor, finished.target_epoch_floor) == (4, 17)
+
+
+def test_staging_holds_votes_within_the_window_plus_slack() -> None:
+    reach = 2 + PRUNE_SLACK_EPOCHS  # window 2 plus the slack, in epochs
+    history = staged(window=2, attestations=[(0, 1, ROOT_A), (1, 1 + reach, ROOT_A)])
+    assert history.history.targets.tolist() == [1, 1 + reach]
+    history.add_attestations([(2, 2 + reach, ROOT_A)])
+    assert history.history.targets.tolist() == [1 + reach, 2 + reach]
+
+
+def test_settle_drops_exactly_what_is_beyond_the_window() -> None:
+    history = staged(window=2, blocks=[(0, ROOT_A), (2 * SLOTS_PER_EPOCH + 20, ROOT_A)])
+    assert history.held_records == 2  # within the slack
+    history.settle()
+    assert sorted(history.history.blocks) == [2 * SLOTS_PER_EPOCH + 20]

@@ -185,3 +185,43 @@ def test_export_minifies_when_a_record_straddles_the_floors() -> None:
 
     assert minified
     assert [(a.source_epoch, a.target_epoch, a.signing_root) for a in attestations] == [(5, 10, None)]
+
+
+def exported(floors: Floors, votes: list[tuple[int, int]]) -> tuple[list[tuple[int, int, bytes | None]], bool]:
+    """What `export_attestations` gives for `votes` (root A, recorded before the floors) under `floors`."""
+    history = build_history(
+        Recorded(attestations=[Attestation(s, t, ROOT_A) for s, t in votes], floors=floors), 99
+    )
+    records, minified = history.export_attestations()
+    return [(r.source_epoch, r.target_epoch, r.signing_root) for r in records], minified
+
+
+A = ROOT_A
+# One row per boundary of the export's choice: keep the records as they are, lead them with a vote at the floors,
+# or (a record older than one floor only) fall back to one vote at the highest source and target.
+EXPORT_CASES = [
+    # A lone vote at the target floor with a source at or above the source floor is an import's lowest vote: kept.
+    ("lone vote at the target floor", Floors(-1, 2, 5), [(3, 5)], ([(3, 5, A)], False)),
+    ("vote at the source floor", Floors(-1, 2, 5), [(2, 6)], ([(2, 6, A)], False)),
+    # Two votes at the target floor are double votes the importer would not see: fall back.
+    ("two votes at the target floor", Floors(-1, 2, 5), [(3, 5), (4, 5)], ([(4, 5, None)], True)),
+    # Below the source floor at the target floor, or at the source floor below the target floor: protected by
+    # both floors, dropped; the vote at the floors leads.
+    ("dropped at the target floor", Floors(-1, 3, 5), [(2, 5), (4, 7)], ([(3, 5, None), (4, 7, A)], False)),
+    ("dropped at the source floor", Floors(-1, 3, 5), [(3, 4), (4, 7)], ([(3, 5, None), (4, 7, A)], False)),
+    ("equal floors", Floors(-1, 4, 4), [(1, 2), (5, 8)], ([(4, 4, None), (5, 8, A)], False)),
+    ("no source floor", Floors(-1, 0, 5), [(0, 3), (1, 7)], ([(0, 5, None), (1, 7, A)], False)),
+    # A source floor above the target floor (repair, or pruned slashable data) has no vote at the floors.
+    ("source floor above target floor", Floors(-1, 5, 3), [(1, 2), (6, 8)], ([(6, 8, A)], False)),
+    ("target floor 0 alone", Floors(-1, 0, 0), [], ([(0, 0, None)], False)),
+]
+
+
+@pytest.mark.parametrize(
+    ("floors", "votes", "expected"), [c[1:] for c in EXPORT_CASES], ids=[c[0] for c in EXPORT_CASES]
+)
+def test_export_at_each_floor_boundary(floors: Floors, votes: list[tuple[int, int]], expected: object) -> None:
+    assert exported(floors, votes) == expected
+    # Whatever the encoding, the re-imported export refuses everything the history refuses.
+    recorded = Recorded(attestations=[Attestation(s, t, ROOT_A) for s, t in votes], floors=floors)
+    assert_never_allows_more(reimport(build_history(recorded, 99)), recorded, "re-imported export")

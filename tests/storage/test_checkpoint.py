@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import struct
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sidecar.storage import (
     load_newest_valid_checkpoint,
     prune_checkpoints,
     read_checkpoint,
+    remove_temporary_checkpoints,
     verify_checkpoint,
     write_checkpoint,
 )
@@ -219,3 +221,104 @@ def test_a_crash_at_any_point_leaves_the_old_set_or_the_old_set_plus_the_new_one
         assert not any(p.name.endswith(".tmp") for p in disk.iterdir())
         outcomes.add(tuple(final_names))
     assert outcomes == {(1, 2), (1, 2, 3)}
+
+
+class PreadRecorder(FileOps):
+    """Plain file operations that remember the size of every pread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pread_sizes: list[int] = []
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        self.pread_sizes.append(size)
+        return super().pread(fd, size, offset)
+
+
+def test_verification_streams_the_body_in_bounded_reads(tmp_path: Path) -> None:
+    # A 2.5 MiB body: verifying (alone or to prune) reads it in pieces of at most 1 MiB; loading reads it whole.
+    for sequence in (1, 2):
+        write_checkpoint(tmp_path, FILEOPS, sequence, ROOT, [bytes(5 << 19)])
+    for verify in (
+        lambda fileops: verify_checkpoint(tmp_path / checkpoint_name(1), fileops),
+        lambda fileops: prune_checkpoints(tmp_path, fileops, keep=2),
+    ):
+        recorder = PreadRecorder()
+        verify(recorder)
+        assert max(recorder.pread_sizes) == 1 << 20
+    recorder = PreadRecorder()
+    assert read_checkpoint(tmp_path / checkpoint_name(1), recorder).body == bytes(5 << 19)
+    assert max(recorder.pread_sizes) == 5 << 19
+
+
+def test_prune_logs_what_it_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for sequence in (10, 20, 30, 40, 50):
+        write(tmp_path, sequence)
+    with caplog.at_level(logging.INFO, logger="sidecar.storage"):
+        assert prune_checkpoints(tmp_path, FILEOPS, keep=3) == [50, 40, 30]
+    assert caplog.messages == ["pruned 2 checkpoints older than sequence 30"]
+    with pytest.raises(ValueError, match=r"^keep must be at least 1, got 0$"):
+        prune_checkpoints(tmp_path, FILEOPS, keep=0)
+
+
+def test_a_temporary_file_that_cannot_be_removed_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fileops = FaultyFileOps()
+    fileops.fail("fsync", errno.EIO)
+    fileops.fail("unlink", errno.EACCES)
+    with caplog.at_level(logging.WARNING, logger="sidecar.storage"), pytest.raises(CheckpointError):
+        write(tmp_path, 1, fileops=fileops)
+    temporary = tmp_path / (checkpoint_name(1) + ".tmp")
+    assert caplog.messages == [f"could not remove temporary checkpoint {temporary}"]
+
+
+class ShortReads(FileOps):
+    """pread returns at most 1000 bytes, as it may; or nothing in ``vanished`` (a file cut short while read)."""
+
+    def __init__(self, vanished: range | None = None) -> None:
+        super().__init__()
+        self.vanished = vanished or range(0)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        if offset in self.vanished:
+            return b""
+        return super().pread(fd, min(size, 1000), offset)
+
+
+def test_read_values_and_short_reads(tmp_path: Path) -> None:
+    # Sequence 0 is a valid checkpoint (nothing applied yet).
+    body = b"".join(body_for(0)) + bytes(5000)
+    path = write_checkpoint(tmp_path, FILEOPS, 0, ROOT, [body], created_unix=1_700_000_000.5)
+    for fileops in (FILEOPS, ShortReads()):
+        loaded = read_checkpoint(path, fileops)
+        assert (loaded.path, loaded.sequence, loaded.genesis_validators_root) == (path, 0, ROOT)
+        assert (loaded.created_unix, loaded.body) == (1_700_000_000.5, body)
+    with pytest.raises(CheckpointError) as raised:
+        read_checkpoint(path, ShortReads(vanished=range(1057, 57 + len(body))))
+    assert str(raised.value) == f"{path}: ended at byte 1057 while reading the body"
+
+
+def test_an_empty_body_is_a_valid_checkpoint_of_the_minimum_size(tmp_path: Path) -> None:
+    path = write_checkpoint(tmp_path, FILEOPS, 3, ROOT, [])
+    assert path.stat().st_size == 69
+    assert read_checkpoint(path, FILEOPS).body == b""
+
+
+def test_a_wrong_length_names_both_sizes(tmp_path: Path) -> None:
+    path = write(tmp_path, 10)
+    data = path.read_bytes()
+    path.write_bytes(data[:-12] + b"extra" + data[-12:])  # 5 bytes more body than the intact trailer says
+    problem = f"{path}: trailer says the body is 18 bytes but the file holds 23 (truncated or extended)"
+    with pytest.raises(CheckpointError) as raised:
+        read_checkpoint(path, FILEOPS)
+    assert str(raised.value) == problem
+
+
+def test_a_leftover_temporary_file_is_replaced_and_temporaries_removed_are_returned(tmp_path: Path) -> None:
+    leftover = tmp_path / (checkpoint_name(4) + ".tmp")
+    leftover.write_bytes(b"half a checkpoint")
+    assert verify_checkpoint(write(tmp_path, 4)) is None and not leftover.exists()
+    leftover.write_bytes(b"half a checkpoint")
+    assert remove_temporary_checkpoints(tmp_path, FILEOPS) == [leftover]
+    assert remove_temporary_checkpoints(tmp_path, FILEOPS) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import crc32c
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 from sidecar.storage.framing import (
     MAX_PAYLOAD_SIZE,
     RECORD_HEADER_SIZE,
+    SEGMENT_FORMAT_VERSION,
     SEGMENT_HEADER_SIZE,
+    Decoded,
     FramingError,
     Outcome,
     decode_intact_records,
@@ -377,3 +380,135 @@ def test_a_flipped_byte_never_yields_a_wrong_record(records: list[tuple[int, byt
     # Whatever is decoded is a prefix of the truth, and decoding stops at (or before) the damaged record.
     assert decoded == expected[: len(decoded)]
     assert outcome is not Outcome.END
+
+
+# ------------------------------------------------------------------------------ exact limits (scripts/mutation)
+
+
+def test_a_refused_segment_header_says_why_in_its_message() -> None:
+    with pytest.raises(FramingError) as raised:
+        decode_segment_header(b"short")
+    assert str(raised.value) == raised.value.detail == "segment header is 5 bytes, expected 21"
+
+
+def test_segment_header_with_first_sequence_zero_is_refused_and_one_is_the_lowest_accepted() -> None:
+    body = struct.pack("<8sBQ", b"SIDECLOG", 1, 0)
+    header = body + struct.pack("<I", crc32c_reference(body))  # intact, but names sequence 0
+    with pytest.raises(FramingError) as raised:
+        decode_segment_header(header)
+    assert raised.value.offset == 9
+    assert raised.value.detail == "segment header names first sequence 0, which is never assigned"
+    assert decode_segment_header(encode_segment_header(1)) == (SEGMENT_FORMAT_VERSION, 1)
+    assert decode_segment_header(encode_segment_header(2**64 - 1)) == (SEGMENT_FORMAT_VERSION, 2**64 - 1)
+
+
+def test_batch_limits_are_the_single_record_limits() -> None:
+    top = 2**64 - 1
+    assert encode_records(1, 127, [b"x"]) == [encode_record(1, 127, b"x")]
+    with pytest.raises(ValueError, match=r"1\.\.127"):
+        encode_records(1, 128, [b"x"])
+    # The last sequence of a batch may be the highest u64, and not one more.
+    assert encode_records(top - 1, 1, [b"x", b"y"]) == [
+        encode_record(top - 1, 1, b"x"),
+        encode_record(top, 1, b"y"),
+    ]
+    with pytest.raises(ValueError, match=rf"^sequences {top - 1}\.\.{top + 1} are out of range$"):
+        encode_records(top - 1, 1, [b"x", b"y", b"z"])
+    largest = bytes(MAX_PAYLOAD_SIZE)
+    assert encode_records(1, 1, [largest]) == [encode_record(1, 1, largest)]
+
+
+def test_find_intact_record_limits() -> None:
+    # A header-only record (empty payload) ending exactly at the end of the data is found.
+    empty = encode_record(9, 1, b"")
+    assert find_intact_record(b"\x00" + empty, 0, min_sequence=9, max_sequence=9) == 1
+    # The bounds of the sequence range are inclusive.
+    assert find_intact_record(RECORD, 0, min_sequence=1, max_sequence=5) == 0
+    # A record of the largest payload is a record.
+    largest = encode_record(5, 1, bytes(MAX_PAYLOAD_SIZE))
+    assert find_intact_record(largest, 0, min_sequence=5, max_sequence=5) == 0
+    # A candidate whose length runs past the end is skipped, and the search goes on after it.
+    runs_past_the_end = struct.pack("<IIBQ", 1000, 0, 1, 5)
+    assert find_intact_record(runs_past_the_end + NEXT, 0, min_sequence=5, max_sequence=6) == RECORD_HEADER_SIZE
+
+
+def test_decode_intact_records_runs_to_the_first_frame_that_is_not_the_next_valid_record() -> None:
+    first, second, last = (1, 1, b"one"), (2, 127, b"two"), (3, 9, b"")  # the last one is a bare header
+    frames = [encode_record(*record) for record in (first, second, last)]
+    data = encode_segment_header(1) + b"".join(frames)
+    at = [SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE + len(frames[0]), len(data) - len(frames[2])]
+    records, stop, next_sequence = decode_intact_records(data, at[0], 1)
+    assert (records, stop, next_sequence) == ([first, second, last], len(data), 4)
+    assert all(type(payload) is bytes for _, _, payload in records)
+    # Records up to after_sequence are checked and skipped, not returned.
+    assert decode_intact_records(data, at[0], 1, after_sequence=2) == ([last], len(data), 4)
+    assert decode_intact_records(data, at[1], 2) == ([second, last], len(data), 4)
+    # It stops, without saying why, at: a record numbered otherwise, a checksum mismatch, a frame cut short,
+    # type 0, and a length above the maximum even with a matching checksum.
+    assert decode_intact_records(data, at[0], 2) == ([], at[0], 2)
+    damaged = bytearray(data)
+    damaged[at[1] + RECORD_HEADER_SIZE] ^= 1
+    assert decode_intact_records(bytes(damaged), at[0], 1) == ([first], at[1], 2)
+    assert decode_intact_records(data[:-1], at[0], 1) == ([first, second], at[2], 3)
+    assert decode_intact_records(data[: at[1] + 3], at[0], 1) == ([first], at[1], 2)
+    zero_type = struct.pack("<BQ", 0, 1) + b"one"
+    assert decode_intact_records(struct.pack("<II", 3, crc32c.crc32c(zero_type)) + zero_type, 0, 1) == ([], 0, 1)
+    largest = encode_record(1, 1, bytes(MAX_PAYLOAD_SIZE))
+    assert decode_intact_records(largest, 0, 1) == ([(1, 1, bytes(MAX_PAYLOAD_SIZE))], len(largest), 2)
+    covered = struct.pack("<BQ", 1, 1) + bytes(MAX_PAYLOAD_SIZE + 1)
+    too_long = struct.pack("<II", MAX_PAYLOAD_SIZE + 1, crc32c.crc32c(covered)) + covered
+    assert decode_intact_records(too_long, 0, 1) == ([], 0, 1)
+
+
+def test_segment_header_encoding_refuses_sequence_zero() -> None:
+    with pytest.raises(ValueError, match=r"^first sequence 0 is out of range$"):
+        encode_segment_header(0)
+
+
+def test_every_outcome_but_a_record_carries_no_record_and_stays_at_the_offset() -> None:
+    """Details name file offsets: base_offset plus the offset in the data."""
+    junk = b"junk"
+    cases = [
+        (junk, True, Outcome.END, ""),
+        (junk, False, Outcome.NEED_MORE, ""),
+        (junk + RECORD[:10], False, Outcome.NEED_MORE, ""),
+        (junk + RECORD[:10], True, Outcome.TORN, "only 10 bytes remain at offset 1004, less than a record header"),
+        (junk + bytes(30), False, Outcome.NEED_MORE, ""),
+        (junk + RECORD[:-1], False, Outcome.NEED_MORE, ""),
+        (junk + RECORD[:-1], True, Outcome.TORN, "record at offset 1004 needs 30 bytes but only 29 remain"),
+        (junk + RECORD[:-1] + b"!" + bytes(3), False, Outcome.NEED_MORE, ""),
+        (
+            junk + bytes(20) + b"\x01",
+            True,
+            Outcome.CORRUPT,
+            "record type 0 (reserved) at offset 1004 followed by non-zero bytes at offset 1024",
+        ),
+        (
+            junk + RECORD[:-1] + b"!" + NEXT,
+            True,
+            Outcome.CORRUPT,
+            f"checksum mismatch in record at offset 1004 (stored {struct.unpack_from('<I', RECORD, 4)[0]:#010x}, "
+            f"computed {crc32c.crc32c(RECORD[8:-1] + b'!'):#010x}) with more data after it at offset 1034",
+        ),
+    ]
+    for data, final, outcome, detail in cases:
+        assert decode_record(data, 4, final=final, base_offset=1000) == Decoded(outcome, 0, 0, b"", 4, detail)
+    assert decode_record(RECORD[:10], 0).detail == "only 10 bytes remain at offset 0, less than a record header"
+
+
+def test_a_record_of_the_largest_payload_decodes() -> None:
+    payload = bytes(MAX_PAYLOAD_SIZE)
+    decoded = decode_record(encode_record(1, 1, payload), 0)
+    assert (decoded.outcome, decoded.payload == payload, decoded.detail) == (Outcome.RECORD, True, "")
+
+
+def test_zeroed_sector_pieces_are_cut_at_file_offsets_not_data_offsets() -> None:
+    # The record of test_torn_final_record_needs_a_zeroed_sector_piece, at data offset 50 and file offset 400.
+    record = encode_record(1, 1, b"\xaa" * (1500 - RECORD_HEADER_SIZE))
+    zeroed_sector = record[:112] + bytes(512) + record[624:]
+    data = b"\x01" * 50 + zeroed_sector
+    torn = decode_record(data, 50, base_offset=350)
+    assert (torn.outcome, torn.next_offset) == (Outcome.TORN, 50)
+    assert torn.detail.startswith("checksum mismatch in record at offset 400 (stored ")
+    assert torn.detail.endswith("; the final record holds a zeroed sector")
+    assert decode_record(data, 50, base_offset=50).outcome is Outcome.CORRUPT
