@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import grpc
 
 from slashing_protection.v1 import signing_pb2, signing_pb2_grpc
+from tests.support.keys import root_for
 
-from .ledger import Attestation, Block, Ledger, root_for
+from .ledger import Attestation, Block, Ledger
 
 ALLOWED = signing_pb2.VERDICT_ALLOWED
 REFUSED = signing_pb2.VERDICT_REFUSED

@@ -34,8 +34,9 @@ import pytest
 
 from sidecar.storage import FileOps, list_segments
 from slashing_protection.v1 import admin_pb2
+from tests.support.keys import pubkey, root_for
 
-from .ledger import Ledger, pubkey_for, root_for
+from .ledger import Ledger
 from .load import MessageSpace, SigningLoad, check_everything_recorded
 from .powercut_fs import PowerCutMount, fuse_missing
 from .process import ServerProcess, serve_command
@@ -98,7 +99,7 @@ class PowerCutRun:
         self.data_dir = tmp_path / "mnt" / "data"
         self.command = serve_command(self.data_dir, GENESIS_VALIDATORS_ROOT, *SERVE_OPTIONS)
         self.server_prefix = server_prefix
-        self.active = [pubkey_for(index) for index in range(ACTIVE_VALIDATORS)]
+        self.active = [pubkey(index) for index in range(ACTIVE_VALIDATORS)]
         self.ledger = Ledger()
         self.stats = RunStats()
         self.starts = 0
@@ -121,7 +122,7 @@ class PowerCutRun:
         self.mount.mount()
         server = self._start("setup")
         idle = range(ACTIVE_VALIDATORS, ACTIVE_VALIDATORS + IDLE_VALIDATORS)
-        pubkeys = self.active + [pubkey_for(index) for index in idle]
+        pubkeys = self.active + [pubkey(index) for index in idle]
         response = server.admin.RegisterValidators(
             admin_pb2.RegisterValidatorsRequest(pubkeys=pubkeys), timeout=60
         )

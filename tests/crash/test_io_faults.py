@@ -25,9 +25,10 @@ from sidecar.storage import FileOps, read_records
 from sidecar.verify import verify_data_dir
 from slashing_protection.v1 import admin_pb2, signing_pb2
 from tests.storage.fakes import FaultyFileOps
+from tests.support.keys import pubkey, root_for
 from tests.support.server import Running, running_server
 
-from .ledger import Attestation, Block, attestation_conflicts, block_conflicts, pubkey_for, root_for
+from .ledger import Attestation, Block, attestation_conflicts, block_conflicts
 from .load import (
     ALLOWED,
     REFUSED,
@@ -38,7 +39,7 @@ from .load import (
 )
 
 GENESIS_VALIDATORS_ROOT = root_for("io-fault genesis")
-VALIDATORS = [pubkey_for(index) for index in range(8)]
+VALIDATORS = [pubkey(index) for index in range(8)]
 SERVER_OPTIONS: dict[str, Any] = {"segment_bytes": 4096, "archive_segments": True, "checkpoint_interval": 0}
 HEALTH_TIMEOUT = 10.0  # the log retries once a second
 
@@ -92,9 +93,9 @@ class Signer:
     def sign_some(self, rounds: int) -> None:
         """Unary attestations and blocks and a batch per round; every one must be ALLOWED (nothing conflicts)."""
         for _ in range(rounds):
-            for pubkey in VALIDATORS[:2]:
-                assert self.sign(self.fresh_attestation(pubkey)).verdict == ALLOWED
-                assert self.sign(self.fresh_block(pubkey)).verdict == ALLOWED
+            for key in VALIDATORS[:2]:
+                assert self.sign(self.fresh_attestation(key)).verdict == ALLOWED
+                assert self.sign(self.fresh_block(key)).verdict == ALLOWED
             decisions = self.sign_batch([self.fresh_attestation(pubkey) for pubkey in VALIDATORS[2:]])
             assert all(d.verdict == ALLOWED for d in decisions), decisions
 

@@ -32,7 +32,7 @@ import random
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +40,9 @@ import pytest
 
 from sidecar.domain import SLOTS_PER_EPOCH
 from slashing_protection.v1 import admin_pb2
+from tests.support.keys import pubkey, root_for
 
-from .ledger import Attestation, Block, Ledger, pubkey_for, root_for
+from .ledger import Attestation, Block, Ledger
 from .load import MessageSpace, SigningLoad, check_everything_recorded
 from .process import (
     ServerProcess,
@@ -137,7 +138,7 @@ class KillStats:
         )
 
 
-def register(server: ServerProcess, pubkeys: list[bytes]) -> None:
+def register(server: ServerProcess, pubkeys: Sequence[bytes]) -> None:
     response = server.admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=pubkeys), timeout=30)
     assert response.registered == len(pubkeys)
 
@@ -175,7 +176,7 @@ class KillCampaign:
         self.command = serve_command(self.data_dir, GENESIS_VALIDATORS_ROOT, *SERVE_OPTIONS, *variant.options)
         self.highest_target = 0
         self.highest_slot = 0
-        self.active = [pubkey_for(index) for index in range(ACTIVE_VALIDATORS)]
+        self.active = [pubkey(index) for index in range(ACTIVE_VALIDATORS)]
         self.ledger = Ledger()
         self.stats = KillStats()
         self.starts = 0
@@ -188,7 +189,7 @@ class KillCampaign:
     def first_start(self) -> None:
         self.server = ServerProcess.start(self.command, self._log_path("first"))
         idle = range(ACTIVE_VALIDATORS, ACTIVE_VALIDATORS + IDLE_VALIDATORS)
-        register(self.server, self.active + [pubkey_for(index) for index in idle])
+        register(self.server, self.active + [pubkey(index) for index in idle])
 
     def load(self, phase: int) -> SigningLoad:
         """Signing load for one phase. Each phase moves the window on but overlaps the previous one, so it also

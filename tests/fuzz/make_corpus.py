@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sidecar.domain import SigningRoot, valid_pubkey, valid_signing_root
 from sidecar.storage import FileOps, list_checkpoints, read_checkpoint
 from sidecar.storage.framing import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE
 from sidecar.store import Store, StoreOptions
@@ -26,11 +27,11 @@ from .targets import _RPCS, FIXED_NOW_NS, GENESIS, REGISTERED, _frame_boundaries
 
 CORPUS = Path(__file__).parent / "corpus"
 KEY, OTHER = REGISTERED
-IMPORTED = bytes([0xC3]) * 48
+IMPORTED = valid_pubkey(bytes([0xC3]) * 48)
 
 
-def _root(n: int) -> bytes:
-    return bytes([n]) * 32
+def _root(n: int) -> SigningRoot:
+    return valid_signing_root(bytes([n]) * 32)
 
 
 def interchange_documents() -> dict[str, bytes]:
