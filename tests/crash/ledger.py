@@ -27,6 +27,11 @@ class Attestation:
     target_epoch: int
     signing_root: bytes
 
+    @property
+    def item(self) -> tuple[bytes, int, int, bytes]:
+        """(pubkey, source_epoch, target_epoch, signing_root): what `tests.support.requests` builds from."""
+        return self.pubkey, self.source_epoch, self.target_epoch, self.signing_root
+
     def __str__(self) -> str:
         return (
             f"attestation 0x{self.pubkey.hex()[:8]} ({self.source_epoch}, {self.target_epoch}) "
@@ -39,6 +44,11 @@ class Block:
     pubkey: bytes
     slot: int
     signing_root: bytes
+
+    @property
+    def item(self) -> tuple[bytes, int, bytes]:
+        """(pubkey, slot, signing_root): what `tests.support.requests` builds from."""
+        return self.pubkey, self.slot, self.signing_root
 
     def __str__(self) -> str:
         return f"block 0x{self.pubkey.hex()[:8]} slot {self.slot} root 0x{self.signing_root.hex()[:8]}"

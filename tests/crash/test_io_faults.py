@@ -26,17 +26,11 @@ from sidecar.verify import verify_data_dir
 from slashing_protection.v1 import admin_pb2, signing_pb2
 from tests.storage.fakes import FaultyFileOps
 from tests.support.keys import pubkey, root_for
+from tests.support.requests import attestation_request, batch_request, block_request, register_request
 from tests.support.server import Running, running_server
 
 from .ledger import Attestation, Block, attestation_conflicts, block_conflicts
-from .load import (
-    ALLOWED,
-    REFUSED,
-    attestation_request,
-    block_request,
-    conflicting_attestation,
-    conflicting_block,
-)
+from .load import ALLOWED, REFUSED, conflicting_attestation, conflicting_block
 
 GENESIS_VALIDATORS_ROOT = root_for("io-fault genesis")
 VALIDATORS = [pubkey(index) for index in range(8)]
@@ -68,10 +62,10 @@ class Signer:
         decision: signing_pb2.SigningDecision
         if isinstance(message, Attestation):
             call = self.server.signing.CheckAndRecordAttestation
-            decision = call(attestation_request(message, GENESIS_VALIDATORS_ROOT), timeout=10).decision
+            decision = call(attestation_request(*message.item, GENESIS_VALIDATORS_ROOT), timeout=10).decision
         else:
             call = self.server.signing.CheckAndRecordBlock
-            decision = call(block_request(message, GENESIS_VALIDATORS_ROOT), timeout=10).decision
+            decision = call(block_request(*message.item, GENESIS_VALIDATORS_ROOT), timeout=10).decision
         if decision.verdict == ALLOWED:
             self.allowed[message] = decision.sequence
             self.answers.append((message, decision.sequence))
@@ -79,10 +73,7 @@ class Signer:
 
     def sign_batch(self, attestations: list[Attestation]) -> list[signing_pb2.SigningDecision]:
         response = self.server.signing.CheckAndRecordAttestations(
-            signing_pb2.CheckAndRecordAttestationsRequest(
-                attestations=[attestation_request(a, GENESIS_VALIDATORS_ROOT) for a in attestations]
-            ),
-            timeout=10,
+            batch_request([a.item for a in attestations], GENESIS_VALIDATORS_ROOT), timeout=10
         )
         for attestation, decision in zip(attestations, response.decisions, strict=True):
             if decision.verdict == ALLOWED:
@@ -116,7 +107,7 @@ def wait_for_health(server: Running, status: int, while_waiting: Callable[[], No
 
 
 def register(server: Running) -> None:
-    server.admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=VALIDATORS), timeout=10)
+    server.admin.RegisterValidators(register_request(*VALIDATORS), timeout=10)
 
 
 def assert_unavailable(call: Callable[[], object], what: str) -> None:

@@ -20,6 +20,7 @@ from slashing_protection.v1 import admin_pb2, signing_pb2
 from tests.postgres.test_resilience import PUBKEY, ROOT, attestation, block, replicas
 from tests.support.keys import signing_root
 from tests.support.postgres import PostgresServer
+from tests.support.requests import register_request
 from tests.support.tcp_proxy import TcpProxy
 
 BEYOND = signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
@@ -27,7 +28,7 @@ BEYOND = signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
 
 def test_a_set_is_seen_by_every_replica_as_soon_as_it_returns(postgres_url: str) -> None:
     with replicas(postgres_url, 2) as (first, second):
-        first.admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
+        first.admin.RegisterValidators(register_request(PUBKEY))
         # The second replica decides first, so it holds a cached history of the key.
         assert block(second, 99, signing_root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
         assert attestation(second, 2, 3, signing_root(2)).reason == signing_pb2.REASON_ALLOWED_NEW

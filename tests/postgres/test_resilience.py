@@ -20,7 +20,7 @@ from sidecar.errors import BackendUnavailableError
 from sidecar.postgres import PostgresBackend
 from sidecar.rules import Reason
 from sidecar.store import StoreOptions
-from slashing_protection.v1 import admin_pb2, signing_pb2
+from slashing_protection.v1 import signing_pb2
 from tests.support.history_checker import (
     AttestationMessage,
     BlockMessage,
@@ -31,6 +31,7 @@ from tests.support.history_checker import (
 )
 from tests.support.keys import ZERO_ROOT, pubkey, signing_root
 from tests.support.postgres import PostgresServer, wait_until
+from tests.support.requests import attestation_request, block_request, register_request
 from tests.support.server import Running, running_server
 from tests.support.tcp_proxy import TcpProxy
 
@@ -46,21 +47,15 @@ def replicas(url: str, count: int) -> Iterator[list[Running]]:
 
 
 def block(server: Running, slot: int, root: bytes, timeout: float = 10) -> signing_pb2.SigningDecision:
-    request = signing_pb2.CheckAndRecordBlockRequest(
-        pubkey=PUBKEY, slot=slot, signing_root=root, genesis_validators_root=ROOT
-    )
     response: signing_pb2.CheckAndRecordBlockResponse = server.signing.CheckAndRecordBlock(
-        request, timeout=timeout
+        block_request(PUBKEY, slot, root, ROOT), timeout=timeout
     )
     return response.decision
 
 
 def attestation(server: Running, source: int, target: int, root: bytes) -> signing_pb2.SigningDecision:
-    request = signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=PUBKEY, source_epoch=source, target_epoch=target, signing_root=root, genesis_validators_root=ROOT
-    )
     response: signing_pb2.CheckAndRecordAttestationResponse = server.signing.CheckAndRecordAttestation(
-        request, timeout=10
+        attestation_request(PUBKEY, source, target, root, ROOT), timeout=10
     )
     return response.decision
 
@@ -80,7 +75,7 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
     rounds, contenders = 12, 9
     history = History()
     with replicas(postgres_url, 3) as servers:
-        servers[0].admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
+        servers[0].admin.RegisterValidators(register_request(PUBKEY))
         allowed_blocks = []
         with ThreadPoolExecutor(contenders) as pool:
             for number in range(1, rounds + 1):
@@ -150,7 +145,7 @@ def test_database_killed_under_load_allows_nothing_while_down_loses_nothing_and_
     history = History()
     stop = threading.Event()
     with replicas(postgres_url, 2) as servers:
-        servers[0].admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
+        servers[0].admin.RegisterValidators(register_request(PUBKEY))
 
         def propose(index: int, slot: int, root: bytes) -> str:
             """One call, recorded; returns "allowed", "refused" or the status's name."""
