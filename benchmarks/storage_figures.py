@@ -81,14 +81,15 @@ def build_state(data_dir: Path, sizes: Sizes) -> dict[str, float]:
 
     Returns the resident set before and after the state was built (the memory figure and its baseline).
     """
+    from sidecar.domain import valid_pubkey, valid_signing_root
     from sidecar.store import Store, StoreOptions
 
     baseline = _rss_bytes()
     store = Store.open_or_create(data_dir, ROOT, StoreOptions(checkpoint_keep=1))
-    keys = [_pubkey(i) for i in range(sizes.validators)]
+    keys = [valid_pubkey(_pubkey(i)) for i in range(sizes.validators)]
     for start in range(0, len(keys), 10_000):
         store.register_validators(keys[start : start + 10_000])
-    root = bytes(range(32))
+    root = valid_signing_root(bytes(range(32)))
     last = 0
     for epoch in range(1, sizes.history_epochs + 1):
         for start in range(0, len(keys), 1000):

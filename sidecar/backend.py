@@ -19,6 +19,9 @@ The contract every backend keeps (the servicers rely on it and on nothing else):
 * **Linearizable per validator**: two concurrent conflicting requests for one key never both get ALLOWED.
 * **Fail closed**: any doubt raises; no path answers ALLOWED by default.
 * Imports are all or nothing and only ever add protection; floors only rise (see `sidecar.history`).
+* **Typed values, checked once**: callers validate at the boundary: sidecar.domain's constructors
+  (`valid_pubkey`, `valid_signing_root`, `valid_genesis_validators_root`) make the `Pubkey`, `SigningRoot` and
+  `GenesisRoot` every method takes. A backend trusts the type and never checks a size again.
 * **One high watermark for the whole database** (`sidecar.rules.HighWatermark`), passed to the rules with every
   decision. Setting or removing it is durable before the call returns, and every decision that starts after it
   has returned sees it, on every process serving the database (no cached copy may be stale). A decision taken
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 from sidecar.audit import DecisionRecord
-from sidecar.domain import SLOTS_PER_EPOCH
+from sidecar.domain import SLOTS_PER_EPOCH, GenesisRoot, Pubkey, SigningRoot
 from sidecar.errors import InvalidRequestError
 from sidecar.rules import Decision, HighWatermark
 
@@ -78,10 +81,10 @@ class AttestationRequest(NamedTuple):
     """One attestation to decide. Any (pubkey, source_epoch, target_epoch, signing_root) tuple will do: the hot
     path unpacks it positionally."""
 
-    pubkey: bytes
+    pubkey: Pubkey
     source_epoch: int
     target_epoch: int
-    signing_root: bytes
+    signing_root: SigningRoot
 
 
 class ImportStatus(enum.IntEnum):
@@ -203,7 +206,7 @@ class Backend(Protocol):
     """A protection database (see the module doc for the contract)."""
 
     @property
-    def genesis_validators_root(self) -> bytes:
+    def genesis_validators_root(self) -> GenesisRoot:
         """The chain this database protects; every request must name it."""
         ...
 
@@ -218,13 +221,15 @@ class Backend(Protocol):
         """When the newest checkpoint was taken (None: never, or not a notion of this backend)."""
         ...
 
-    async def check_and_record_block(self, pubkey: bytes, slot: int, signing_root: bytes) -> tuple[Decision, int]:
+    async def check_and_record_block(
+        self, pubkey: Pubkey, slot: int, signing_root: SigningRoot
+    ) -> tuple[Decision, int]:
         """Decides a block proposal and records the decision; returns it with its sequence number once an
         ALLOWED answer is durable. Raises BackendUnavailableError when it cannot be made durable."""
         ...
 
     async def check_and_record_attestation(
-        self, pubkey: bytes, source_epoch: int, target_epoch: int, signing_root: bytes
+        self, pubkey: Pubkey, source_epoch: int, target_epoch: int, signing_root: SigningRoot
     ) -> tuple[Decision, int]:
         """As `check_and_record_block`, for one attestation."""
         ...
@@ -237,7 +242,7 @@ class Backend(Protocol):
         commit, and its reply promises the whole batch is on disk)."""
         ...
 
-    async def register_validators(self, pubkeys: Sequence[bytes]) -> Registration:
+    async def register_validators(self, pubkeys: Sequence[Pubkey]) -> Registration:
         """Registers keys (durably, when any is new)."""
         ...
 
@@ -249,17 +254,17 @@ class Backend(Protocol):
         ...
 
     async def export_interchange(
-        self, out: BinaryIO, pubkeys: Sequence[bytes] | None = None, progress: Callable[[int], None] | None = None
+        self, out: BinaryIO, pubkeys: Sequence[Pubkey] | None = None, progress: Callable[[int], None] | None = None
     ) -> int:
         """Writes an EIP-3076 v5 document of the keys (all when None) to the blocking file `out`; returns the
         number of keys. Unknown keys raise UnknownValidatorError before anything is written."""
         ...
 
-    async def summary(self, pubkey: bytes) -> ValidatorSummary | None:
+    async def summary(self, pubkey: Pubkey) -> ValidatorSummary | None:
         """Counts and bounds of one key; None when it is not registered."""
         ...
 
-    def decisions(self, pubkey: bytes | None = None, since_sequence: int = 0) -> AsyncIterator[DecisionRecord]:
+    def decisions(self, pubkey: Pubkey | None = None, since_sequence: int = 0) -> AsyncIterator[DecisionRecord]:
         """Every recorded decision still held (the audit trail), oldest first, durable ones only."""
         ...
 
@@ -295,7 +300,7 @@ class DatabaseLocation:
 
 
 async def open_backend(
-    location: Path | DatabaseLocation, genesis_validators_root: bytes | None, options: StoreOptions
+    location: Path | DatabaseLocation, genesis_validators_root: GenesisRoot | None, options: StoreOptions
 ) -> Backend:
     """Opens (and recovers) the protection database the configuration names, ready to decide, for use on the
     running event loop: a data directory (a `Path`) or a shared database (`DatabaseLocation`). The one place a

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from sidecar import __version__
-from sidecar.domain import DEFAULT_SEGMENT_BYTES
+from sidecar.domain import DEFAULT_SEGMENT_BYTES, GenesisRoot
 from sidecar.errors import ConfigurationError, SidecarError
 from sidecar.logs import configure_logging
-from sidecar.networks import NETWORKS, genesis_validators_root_for, parse_hex, parse_root_hex
+from sidecar.networks import NETWORKS, genesis_validators_root_for, parse_pubkey_hex, parse_root_hex
 from sidecar.storage import StorageError
 
 if TYPE_CHECKING:
@@ -262,16 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- helpers
 
 
-def _root_from(args: argparse.Namespace) -> bytes | None:
+def _root_from(args: argparse.Namespace) -> GenesisRoot | None:
     if getattr(args, "network", None):
         return genesis_validators_root_for(args.network)
     if getattr(args, "genesis_validators_root", None):
         return parse_root_hex(args.genesis_validators_root)
     return None
-
-
-def _pubkey(text: str) -> bytes:
-    return parse_hex(text, 48, "pubkey")
 
 
 def _require_target(args: argparse.Namespace) -> None:
@@ -281,7 +277,7 @@ def _require_target(args: argparse.Namespace) -> None:
 
 def _on_backend(
     args: argparse.Namespace,
-    root: bytes | None,
+    root: GenesisRoot | None,
     work: Callable[[Any], Any],
     options: Any = None,
     create: bool = False,
@@ -567,7 +563,7 @@ def _open_output(name: str) -> Iterator[BinaryIO]:
 def cmd_export(args: argparse.Namespace) -> int:
     _require_target(args)
     configure_logging()
-    pubkeys = [_pubkey(p) for p in args.pubkey] if args.pubkey else None
+    pubkeys = [parse_pubkey_hex(p) for p in args.pubkey] if args.pubkey else None
     if args.server:
         with _client(args) as client, _open_output(args.file) as out:
             client.export_interchange(out, pubkeys or ())
@@ -623,7 +619,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_decisions(args: argparse.Namespace) -> int:
     configure_logging()
     _require_target(args)
-    pubkey = _pubkey(args.pubkey) if args.pubkey else None
+    pubkey = parse_pubkey_hex(args.pubkey) if args.pubkey else None
     since = int(args.since_sequence)
     out = sys.stdout
     if args.server:
@@ -649,7 +645,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     configure_logging()
     _require_target(args)
-    pubkey = _pubkey(args.pubkey)
+    pubkey = parse_pubkey_hex(args.pubkey)
     if args.server:
         document = _summary_from_server(args, pubkey)
     else:
@@ -673,7 +669,7 @@ def _summary_json(pubkey: bytes, summary: Any) -> dict[str, object]:
 def cmd_register(args: argparse.Namespace) -> int:
     configure_logging()
     _require_target(args)
-    pubkeys = [_pubkey(p) for p in args.pubkey]
+    pubkeys = [parse_pubkey_hex(p) for p in args.pubkey]
     if args.server:
         with _client(args) as client:
             registration = client.register(pubkeys)

@@ -82,7 +82,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
@@ -245,7 +245,7 @@ def decode_attestation_decision(payload: bytes) -> AttestationDecisionRecord:
 # ---------------------------------------------------------------- registration and import
 
 
-def encode_register(pubkeys: list[bytes]) -> bytes:
+def encode_register(pubkeys: Sequence[bytes]) -> bytes:
     return _U32.pack(len(pubkeys)) + b"".join(pubkeys)
 
 

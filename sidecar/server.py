@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from sidecar import __version__
 from sidecar.authz import AccessPolicy, AuthorizationInterceptor
 from sidecar.backend import CheckpointInfo, DatabaseLocation, open_backend
+from sidecar.domain import GenesisRoot
 from sidecar.errors import ConfigurationError
 from sidecar.metrics import Metrics
 from sidecar.metrics_http import MetricsHttpServer
@@ -63,7 +64,7 @@ SHUTDOWN_NOTICE_SECONDS = 0.5
 class ServeConfig:
     # Where the protection database is: a data directory, or a shared PostgreSQL database (exactly one).
     data_dir: Path | None = None
-    genesis_validators_root: bytes | None = None
+    genesis_validators_root: GenesisRoot | None = None
     listen: str = "127.0.0.1:50051"
     checkpoint_interval: float = 300.0
     # The database's own options (strategy, history window, and the local backend's log and checkpoints).

@@ -23,7 +23,14 @@ import grpc
 from grpc import aio
 
 from sidecar.backend import SUMMARY_BOUNDS, AttestationRequest, Backend, CheckpointInfo
-from sidecar.domain import PUBKEY_SIZE, ROOT_SIZE
+from sidecar.domain import (
+    PUBKEY_SIZE,
+    ROOT_SIZE,
+    Pubkey,
+    valid_genesis_validators_root,
+    valid_pubkey,
+    valid_signing_root,
+)
 from sidecar.errors import (
     BackendUnavailableError,
     GenesisRootMismatchError,
@@ -122,11 +129,6 @@ async def _abort(context: aio.ServicerContext[Any, Any], error: BaseException) -
     raise AssertionError("unreachable: context.abort raises")
 
 
-def _check_bytes(value: bytes, size: int, field: str) -> None:
-    if len(value) != size:
-        raise InvalidRequestError(f"{field} must be {size} bytes, got {len(value)}")
-
-
 def _signing_decision(decision: Decision, sequence: int) -> signing_pb2.SigningDecision:
     """A decision as the contract's message (the batch path builds its items in place, for speed)."""
     return _SigningDecision(
@@ -163,8 +165,7 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
 
     def _backend_for(self, genesis_validators_root: bytes) -> Backend:
         backend = self._holder.require()
-        _check_bytes(genesis_validators_root, ROOT_SIZE, "genesis_validators_root")
-        if genesis_validators_root != backend.genesis_validators_root:
+        if valid_genesis_validators_root(genesis_validators_root) != backend.genesis_validators_root:
             raise GenesisRootMismatchError(
                 f"genesis_validators_root 0x{genesis_validators_root.hex()} differs from the database's "
                 f"0x{backend.genesis_validators_root.hex()}"
@@ -183,16 +184,14 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
     ) -> signing_pb2.CheckAndRecordBlockResponse:
         started = time.perf_counter()
         try:
-            _check_bytes(request.pubkey, PUBKEY_SIZE, "pubkey")
-            _check_bytes(request.signing_root, ROOT_SIZE, "signing_root")
+            pubkey = valid_pubkey(request.pubkey)
+            signing_root = valid_signing_root(request.signing_root)
             backend = self._backend_for(request.genesis_validators_root)
             self._check_deadline(context)
-            decision, sequence = await backend.check_and_record_block(
-                request.pubkey, request.slot, request.signing_root
-            )
+            decision, sequence = await backend.check_and_record_block(pubkey, request.slot, signing_root)
             self._tally["block", decision.reason] += 1
             if not decision.allowed:
-                _log_refusal("block", request.pubkey, f"slot {request.slot}", decision)
+                _log_refusal("block", pubkey, f"slot {request.slot}", decision)
         except Exception as error:  # every failure is "do not sign"
             await _abort(context, error)
         response = signing_pb2.CheckAndRecordBlockResponse(decision=_signing_decision(decision, sequence))
@@ -221,13 +220,13 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
 
     @staticmethod
     def _attestation(request: signing_pb2.CheckAndRecordAttestationRequest, where: str) -> AttestationRequest:
-        if len(request.pubkey) != PUBKEY_SIZE:
-            raise InvalidRequestError(f"{where}pubkey must be {PUBKEY_SIZE} bytes, got {len(request.pubkey)}")
-        if len(request.signing_root) != ROOT_SIZE:
-            raise InvalidRequestError(
-                f"{where}signing_root must be {ROOT_SIZE} bytes, got {len(request.signing_root)}"
-            )
-        return AttestationRequest(request.pubkey, request.source_epoch, request.target_epoch, request.signing_root)
+        """The request's values, checked; `where` prefixes the field an error names ("attestations[3].")."""
+        return AttestationRequest(
+            valid_pubkey(request.pubkey, f"{where}pubkey"),
+            request.source_epoch,
+            request.target_epoch,
+            valid_signing_root(request.signing_root, f"{where}signing_root"),
+        )
 
     async def CheckAndRecordAttestations(
         self, request: signing_pb2.CheckAndRecordAttestationsRequest, context: aio.ServicerContext[Any, Any]
@@ -246,7 +245,8 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
                 (message.pubkey, message.source_epoch, message.target_epoch, message.signing_root)
                 for message in items
             ]
-            # Checked column by column at C speed; the slow per-item pass only runs to name the offending item.
+            # The boundary's check of every item, column by column at C speed (the sizes `valid_pubkey` and
+            # `valid_signing_root` check); the per-item pass through them only runs to name the offending item.
             if set(map(len, [item[0] for item in batch])) != {PUBKEY_SIZE} or set(
                 map(len, [item[3] for item in batch])
             ) != {ROOT_SIZE}:
@@ -258,7 +258,8 @@ class SigningServicer(signing_pb2_grpc.SlashingProtectionServiceServicer):
             if len({item[0] for item in batch}) != count:
                 raise InvalidRequestError("a batch may not name one pubkey twice")
             self._check_deadline(context)
-            decided = await backend.check_and_record_attestations(batch)  # type: ignore[arg-type]
+            # Every item passed the checks above, so each is an AttestationRequest in all but name.
+            decided = await backend.check_and_record_attestations(cast(list[AttestationRequest], batch))
         except Exception as error:
             await _abort(context, error)
         response = signing_pb2.CheckAndRecordAttestationsResponse()
@@ -452,9 +453,7 @@ class InterchangeServicer(interchange_pb2_grpc.InterchangeServiceServicer):
         next_chunk: asyncio.Future[bytes | None] | None = None
         try:
             backend = self._holder.require()
-            pubkeys = list(request.pubkeys) or None
-            for pubkey in pubkeys or ():
-                _check_bytes(pubkey, PUBKEY_SIZE, "pubkeys[]")
+            pubkeys = [valid_pubkey(pubkey, "pubkeys[]") for pubkey in request.pubkeys] or None
             chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
             writer = _StreamWriter(chunks, asyncio.get_running_loop())
             stream_writer = writer
@@ -498,10 +497,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             backend = self._holder.require()
             if not request.pubkeys:
                 raise InvalidRequestError("pubkeys must not be empty")
-            for index, pubkey in enumerate(request.pubkeys):
-                if len(pubkey) != PUBKEY_SIZE:
-                    raise InvalidRequestError(f"pubkeys[{index}] must be {PUBKEY_SIZE} bytes, got {len(pubkey)}")
-            registered, already, sequence = await backend.register_validators(list(request.pubkeys))
+            pubkeys = [valid_pubkey(pubkey, f"pubkeys[{index}]") for index, pubkey in enumerate(request.pubkeys)]
+            registered, already, sequence = await backend.register_validators(pubkeys)
         except Exception as error:
             await _abort(context, error)
         return admin_pb2.RegisterValidatorsResponse(
@@ -525,8 +522,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetValidatorSummaryResponse:
         try:
             backend = self._holder.require()
-            _check_bytes(request.pubkey, PUBKEY_SIZE, "pubkey")
-            summary = await backend.summary(request.pubkey)
+            summary = await backend.summary(valid_pubkey(request.pubkey))
         except Exception as error:
             await _abort(context, error)
         if summary is None:
@@ -591,9 +587,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> AsyncIterator[admin_pb2.DecisionRecord]:
         try:
             backend = self._holder.require()
-            pubkey = request.pubkey or None
-            if pubkey is not None:
-                _check_bytes(pubkey, PUBKEY_SIZE, "pubkey")
+            pubkey: Pubkey | None = valid_pubkey(request.pubkey) if request.pubkey else None
             async for record in backend.decisions(pubkey, request.since_sequence):
                 yield decision_record_message(record)
         except Exception as error:

@@ -18,6 +18,7 @@ from sidecar.backend import (
     ValidatorSummary,
     valid_high_watermark,
 )
+from sidecar.domain import GenesisRoot, Pubkey, SigningRoot
 from sidecar.errors import BackendUnavailableError
 from sidecar.local.durability import Durability, LoneCallDetector
 from sidecar.local.options import StoreOptions
@@ -55,6 +56,8 @@ class LocalBackend:
 
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
+        # Written by this process or read back from its identity file, which only ever holds a valid root.
+        self._genesis_validators_root = GenesisRoot(store.genesis_validators_root)
         self._durability = Durability(loop, store.log)
         self._lone = LoneCallDetector()
         recovery = store.recovery
@@ -71,7 +74,7 @@ class LocalBackend:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, genesis_validators_root: bytes | None, options: StoreOptions
+        cls, data_dir: Path, genesis_validators_root: GenesisRoot | None, options: StoreOptions
     ) -> LocalBackend:
         """Locks and recovers DIR in a worker thread (recovery can take seconds), on the running loop."""
         store = await asyncio.to_thread(Store.open_or_create, data_dir, genesis_validators_root, options)
@@ -80,8 +83,8 @@ class LocalBackend:
     # ---------------------------------------------------------------- facts
 
     @property
-    def genesis_validators_root(self) -> bytes:
-        return self.store.genesis_validators_root
+    def genesis_validators_root(self) -> GenesisRoot:
+        return self._genesis_validators_root
 
     @property
     def startup(self) -> StartupReport:
@@ -97,7 +100,9 @@ class LocalBackend:
 
     # ---------------------------------------------------------------- the hot path
 
-    async def check_and_record_block(self, pubkey: bytes, slot: int, signing_root: bytes) -> tuple[Decision, int]:
+    async def check_and_record_block(
+        self, pubkey: Pubkey, slot: int, signing_root: SigningRoot
+    ) -> tuple[Decision, int]:
         lone = self._lone.enter()
         try:
             decision, sequence = self.store.check_and_record_block(pubkey, slot, signing_root)
@@ -109,7 +114,7 @@ class LocalBackend:
         return decision, sequence
 
     async def check_and_record_attestation(
-        self, pubkey: bytes, source_epoch: int, target_epoch: int, signing_root: bytes
+        self, pubkey: Pubkey, source_epoch: int, target_epoch: int, signing_root: SigningRoot
     ) -> tuple[Decision, int]:
         lone = self._lone.enter()
         try:
@@ -145,7 +150,7 @@ class LocalBackend:
 
     # ---------------------------------------------------------------- operators
 
-    async def register_validators(self, pubkeys: Sequence[bytes]) -> Registration:
+    async def register_validators(self, pubkeys: Sequence[Pubkey]) -> Registration:
         with _translated():
             registered, already, sequence = self.store.register_validators(list(pubkeys))
             if sequence:
@@ -166,7 +171,7 @@ class LocalBackend:
             ) from error
 
     async def export_interchange(
-        self, out: BinaryIO, pubkeys: Sequence[bytes] | None = None, progress: Callable[[int], None] | None = None
+        self, out: BinaryIO, pubkeys: Sequence[Pubkey] | None = None, progress: Callable[[int], None] | None = None
     ) -> int:
         selected = None if pubkeys is None else list(pubkeys)
         with _translated():
@@ -174,11 +179,11 @@ class LocalBackend:
                 lambda: self.store.export_interchange(out, selected, progress=progress), "export"
             )
 
-    async def summary(self, pubkey: bytes) -> ValidatorSummary | None:
+    async def summary(self, pubkey: Pubkey) -> ValidatorSummary | None:
         return self.store.summary(pubkey)  # a copy under the lock: microseconds
 
     async def decisions(
-        self, pubkey: bytes | None = None, since_sequence: int = 0
+        self, pubkey: Pubkey | None = None, since_sequence: int = 0
     ) -> AsyncIterator[DecisionRecord]:
         with _translated():
             # Refusals already answered may still ride the next flush: read only once they are on disk too.

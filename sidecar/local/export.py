@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from interchange import ValidatorRecords, write_interchange
@@ -29,7 +29,7 @@ def export_interchange(
     genesis_validators_root: bytes,
     validators: dict[bytes, ValidatorHistory],
     lock: threading.Lock,
-    pubkeys: list[bytes] | None = None,
+    pubkeys: Sequence[bytes] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Writes an EIP-3076 v5 document for the given keys (all when None); returns the number of keys. Unknown

@@ -28,8 +28,8 @@ from typing import BinaryIO
 from sidecar import records as codec
 from sidecar.audit import DecisionRecord, read_decisions
 from sidecar.backend import ImportResult, ValidatorSummary
-from sidecar.domain import PUBKEY_SIZE
-from sidecar.errors import DataDirError, InvalidRequestError
+from sidecar.domain import Pubkey, SigningRoot
+from sidecar.errors import DataDirError
 from sidecar.local import checkpoints, export, imports, recovery
 from sidecar.local.checkpoints import CheckpointInfo
 from sidecar.local.gc import bulk_loading
@@ -42,11 +42,12 @@ from sidecar.local.state import ValidatorStates, apply_attestation_locked, apply
 from sidecar.rules import Decision, HighWatermark, check_attestation, check_block
 from sidecar.storage import DataDirLock, DecisionLog
 
-__all__ = ["PUBKEY_SIZE", "Store"]
+__all__ = ["Store"]
 
 
 class Store:
-    """Owns DIR. Create with `Store.open_or_create`; every public method is thread-safe."""
+    """Owns DIR. Create with `Store.open_or_create`; every public method is thread-safe. Keys and roots arrive as
+    `sidecar.domain`'s typed values, checked at the boundary (see `sidecar.backend`): the store trusts them."""
 
     def __init__(
         self,
@@ -145,7 +146,7 @@ class Store:
     def log(self) -> DecisionLog:
         return self._log
 
-    def check_and_record_block(self, pubkey: bytes, slot: int, signing_root: bytes) -> tuple[Decision, int]:
+    def check_and_record_block(self, pubkey: Pubkey, slot: int, signing_root: SigningRoot) -> tuple[Decision, int]:
         """Decides and records (non-durably) a block proposal. The caller waits for durability of the returned
         sequence number before answering ALLOWED. Raises LogUnavailableError when the log cannot take records.
         """
@@ -159,7 +160,7 @@ class Store:
         return decision, sequence
 
     def check_and_record_attestations(
-        self, requests: Sequence[tuple[bytes, int, int, bytes]]
+        self, requests: Sequence[tuple[Pubkey, int, int, SigningRoot]]
     ) -> list[tuple[Decision, int]]:
         """Decides and records (non-durably) each (pubkey, source, target, root), in order, under one lock hold.
 
@@ -197,12 +198,9 @@ class Store:
 
     # ---------------------------------------------------------------- registration
 
-    def register_validators(self, pubkeys: list[bytes]) -> tuple[int, int, int]:
+    def register_validators(self, pubkeys: list[Pubkey]) -> tuple[int, int, int]:
         """Registers keys; returns (newly registered, already registered before, sequence of the record or 0),
         counting each distinct key once."""
-        for pubkey in pubkeys:
-            if len(pubkey) != PUBKEY_SIZE:
-                raise InvalidRequestError(f"pubkey must be {PUBKEY_SIZE} bytes, got {len(pubkey)}")
         distinct = list(dict.fromkeys(pubkeys))
         with self._lock:
             new = [pubkey for pubkey in distinct if pubkey not in self._validators]
@@ -257,7 +255,7 @@ class Store:
             return imports.write_and_apply_locked(staged_import, self._log, self._state, self._lock)
 
     def export_interchange(
-        self, out: BinaryIO, pubkeys: list[bytes] | None = None, progress: Callable[[int], None] | None = None
+        self, out: BinaryIO, pubkeys: list[Pubkey] | None = None, progress: Callable[[int], None] | None = None
     ) -> int:
         """Writes an EIP-3076 v5 document for the given keys (all when None); returns the number of keys.
         Unknown keys raise UnknownValidatorError before anything is written."""
@@ -267,13 +265,13 @@ class Store:
 
     # ---------------------------------------------------------------- operators
 
-    def summary(self, pubkey: bytes) -> ValidatorSummary | None:
+    def summary(self, pubkey: Pubkey) -> ValidatorSummary | None:
         """Counts and bounds of one key, copied under the lock; None when the key is not registered."""
         with self._lock:
             history = self._validators.get(pubkey)
             return None if history is None else summarize(pubkey, history)
 
-    def decisions(self, pubkey: bytes | None = None, since_sequence: int = 0) -> Iterator[DecisionRecord]:
+    def decisions(self, pubkey: Pubkey | None = None, since_sequence: int = 0) -> Iterator[DecisionRecord]:
         """Recorded decisions still held in the log (and archive), oldest first: the audit trail."""
         yield from read_decisions(self.data_dir, self.options.fileops, pubkey, since_sequence)
 

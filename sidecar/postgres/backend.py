@@ -67,12 +67,11 @@ from sidecar.backend import (
     ValidatorSummary,
     valid_high_watermark,
 )
-from sidecar.domain import PUBKEY_SIZE
+from sidecar.domain import GenesisRoot, Pubkey, SigningRoot
 from sidecar.errors import (
     BackendUnavailableError,
     DatabaseError,
     GenesisRootMismatchError,
-    InvalidRequestError,
     UnknownValidatorError,
     UnsafeDatabaseError,
 )
@@ -252,7 +251,7 @@ class PostgresBackend:
     def __init__(
         self,
         url: str,
-        genesis_validators_root: bytes,
+        genesis_validators_root: GenesisRoot,
         options: StoreOptions,
         allow_unsafe_database: bool,
         durability: DatabaseDurability,
@@ -290,7 +289,7 @@ class PostgresBackend:
     async def open(
         cls,
         url: str,
-        genesis_validators_root: bytes | None,
+        genesis_validators_root: GenesisRoot | None,
         options: StoreOptions,
         allow_unsafe_database: bool = False,
     ) -> PostgresBackend:
@@ -361,7 +360,7 @@ class PostgresBackend:
     # ---------------------------------------------------------------- facts
 
     @property
-    def genesis_validators_root(self) -> bytes:
+    def genesis_validators_root(self) -> GenesisRoot:
         return self._root
 
     @property
@@ -567,7 +566,9 @@ class PostgresBackend:
 
     # ---------------------------------------------------------------- the hot path
 
-    async def check_and_record_block(self, pubkey: bytes, slot: int, signing_root: bytes) -> tuple[Decision, int]:
+    async def check_and_record_block(
+        self, pubkey: Pubkey, slot: int, signing_root: SigningRoot
+    ) -> tuple[Decision, int]:
         async with self._locked_keys([pubkey]):
             ((decision, sequence),) = await self._transaction(
                 [pubkey],
@@ -576,7 +577,7 @@ class PostgresBackend:
         return decision, sequence
 
     async def check_and_record_attestation(
-        self, pubkey: bytes, source_epoch: int, target_epoch: int, signing_root: bytes
+        self, pubkey: Pubkey, source_epoch: int, target_epoch: int, signing_root: SigningRoot
     ) -> tuple[Decision, int]:
         request = (pubkey, source_epoch, target_epoch, signing_root)
         async with self._locked_keys([pubkey]):
@@ -596,7 +597,7 @@ class PostgresBackend:
             )
 
     async def _decide(
-        self, connection: AsyncConnection[Any], kind: int, items: list[tuple[bytes, int, int, bytes]]
+        self, connection: AsyncConnection[Any], kind: int, items: Sequence[tuple[bytes, int, int, bytes]]
     ) -> list[tuple[Decision, int]]:
         """One transaction deciding `items` (distinct keys; blocks carry (pubkey, slot, 0, root)), in order.
         Returns once the COMMIT is acknowledged (see the module doc)."""
@@ -695,10 +696,7 @@ class PostgresBackend:
 
     # ---------------------------------------------------------------- operators
 
-    async def register_validators(self, pubkeys: Sequence[bytes]) -> Registration:
-        for pubkey in pubkeys:
-            if len(pubkey) != PUBKEY_SIZE:
-                raise InvalidRequestError(f"pubkey must be {PUBKEY_SIZE} bytes, got {len(pubkey)}")
+    async def register_validators(self, pubkeys: Sequence[Pubkey]) -> Registration:
         distinct = sorted(set(pubkeys))
 
         async def body(connection: AsyncConnection[Any]) -> tuple[int, int]:
@@ -816,7 +814,7 @@ class PostgresBackend:
         await connection.execute(UPDATE_HISTORY_SQL, changed)
 
     async def export_interchange(
-        self, out: BinaryIO, pubkeys: Sequence[bytes] | None = None, progress: Callable[[int], None] | None = None
+        self, out: BinaryIO, pubkeys: Sequence[Pubkey] | None = None, progress: Callable[[int], None] | None = None
     ) -> int:
         """Writes the document from one consistent snapshot (REPEATABLE READ), a chunk of keys at a time."""
         loop = asyncio.get_running_loop()
@@ -860,7 +858,7 @@ class PostgresBackend:
 
         return await self._transaction([], body, None)
 
-    async def summary(self, pubkey: bytes) -> ValidatorSummary | None:
+    async def summary(self, pubkey: Pubkey) -> ValidatorSummary | None:
         async def body(connection: AsyncConnection[Any]) -> ValidatorSummary | None:
             await connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor = await connection.execute(
@@ -888,7 +886,7 @@ class PostgresBackend:
         return await self._transaction([], body)
 
     async def decisions(
-        self, pubkey: bytes | None = None, since_sequence: int = 0
+        self, pubkey: Pubkey | None = None, since_sequence: int = 0
     ) -> AsyncIterator[DecisionRecord]:
         """Committed decisions, by sequence. Sequence numbers are taken when a decision is written, so one
         committing late can appear below a sequence a follower already read past (several replicas write at once):
@@ -1019,7 +1017,7 @@ def _judge(durability: DatabaseDurability, allow_unsafe: bool, where: str) -> No
         )
 
 
-async def _open_schema(connection: AsyncConnection[Any], root: bytes | None, where: str) -> bytes:
+async def _open_schema(connection: AsyncConnection[Any], root: GenesisRoot | None, where: str) -> GenesisRoot:
     """Creates or migrates the schema and pins or checks the root, in one transaction under an advisory lock."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
@@ -1039,7 +1037,8 @@ async def _open_schema(connection: AsyncConnection[Any], root: bytes | None, whe
             )
             pinned = root
         else:
-            version, pinned = int(row[0]), bytes(row[1])
+            # The root this database was created with, by `_open_schema` itself: a valid one.
+            version, pinned = int(row[0]), GenesisRoot(bytes(row[1]))
         if version > SCHEMA_VERSION:
             raise DatabaseError(
                 f"the {where} has schema version {version}, newer than this sidecar's ({SCHEMA_VERSION}): "

@@ -33,14 +33,11 @@ from sidecar.postgres import PostgresBackend
 from sidecar.rules import HighWatermark, Reason
 from sidecar.store import StoreOptions
 from tests.storage.fakes import FaultyFileOps
+from tests.support.keys import ZERO_ROOT, pubkey, signing_root
 
-GENESIS = bytes(32)
-A, B = bytes([0xAA]) * 32, bytes([0xBB]) * 32
+GENESIS = ZERO_ROOT
+A, B = signing_root(0xAA), signing_root(0xBB)
 T = TypeVar("T")
-
-
-def key(number: int) -> bytes:
-    return bytes([0xA5]) + number.to_bytes(47, "big")
 
 
 Location = Path | DatabaseLocation
@@ -81,31 +78,31 @@ def durable_through(backend: Backend) -> int:
 
 def test_allowed_decisions_are_durable_when_returned(location: Location) -> None:
     async def scenario(backend: Backend) -> None:
-        registration = await backend.register_validators([key(1), key(2), key(1)])
+        registration = await backend.register_validators([pubkey(1), pubkey(2), pubkey(1)])
         assert (registration.registered, registration.already_registered) == (2, 0)
         assert durable_through(backend) >= registration.sequence
 
-        decision, sequence = await backend.check_and_record_block(key(1), 10, A)
+        decision, sequence = await backend.check_and_record_block(pubkey(1), 10, A)
         assert decision.reason is Reason.ALLOWED_NEW and durable_through(backend) >= sequence
-        decision, sequence = await backend.check_and_record_attestation(key(1), 1, 2, A)
+        decision, sequence = await backend.check_and_record_attestation(pubkey(1), 1, 2, A)
         assert decision.reason is Reason.ALLOWED_NEW and durable_through(backend) >= sequence
-        assert (await backend.check_and_record_block(key(1), 10, A))[0].reason is Reason.ALLOWED_REPEAT
-        assert (await backend.check_and_record_block(key(1), 10, B))[0].reason is Reason.DOUBLE_PROPOSAL
-        assert (await backend.check_and_record_attestation(key(1), 1, 2, B))[0].reason is Reason.DOUBLE_VOTE
-        assert (await backend.check_and_record_block(key(9), 1, A))[0].reason is Reason.VALIDATOR_NOT_REGISTERED
+        assert (await backend.check_and_record_block(pubkey(1), 10, A))[0].reason is Reason.ALLOWED_REPEAT
+        assert (await backend.check_and_record_block(pubkey(1), 10, B))[0].reason is Reason.DOUBLE_PROPOSAL
+        assert (await backend.check_and_record_attestation(pubkey(1), 1, 2, B))[0].reason is Reason.DOUBLE_VOTE
+        assert (await backend.check_and_record_block(pubkey(9), 1, A))[0].reason is Reason.VALIDATOR_NOT_REGISTERED
 
     run(scenario, location)
 
 
 def test_a_batch_is_decided_in_order_and_durable_as_a_whole(location: Location) -> None:
     async def scenario(backend: Backend) -> None:
-        await backend.register_validators([key(1), key(2)])
-        await backend.check_and_record_attestation(key(2), 3, 4, A)
+        await backend.register_validators([pubkey(1), pubkey(2)])
+        await backend.check_and_record_attestation(pubkey(2), 3, 4, A)
         decided = await backend.check_and_record_attestations(
             [
-                AttestationRequest(key(1), 1, 2, A),
-                AttestationRequest(key(2), 2, 5, B),
-                AttestationRequest(key(3), 0, 1, A),
+                AttestationRequest(pubkey(1), 1, 2, A),
+                AttestationRequest(pubkey(2), 2, 5, B),
+                AttestationRequest(pubkey(3), 0, 1, A),
             ]
         )
         assert [decision.reason for decision, _ in decided] == [
@@ -126,18 +123,18 @@ def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothin
     fileops = FaultyFileOps()
 
     async def scenario(backend: Backend) -> None:
-        await backend.register_validators([key(1)])
+        await backend.register_validators([pubkey(1)])
         fileops.fail("fdatasync", errno.EIO)
         with pytest.raises(BackendUnavailableError, match="could not be made durable"):
-            await backend.check_and_record_block(key(1), 10, A)
+            await backend.check_and_record_block(pubkey(1), 10, A)
         with pytest.raises(BackendUnavailableError):
-            await backend.check_and_record_attestations([AttestationRequest(key(1), 1, 2, A)])
+            await backend.check_and_record_attestations([AttestationRequest(pubkey(1), 1, 2, A)])
         fileops.heal()
         # The backend heals by itself once the disk does: a retry goes through (the same block: a repeat at
         # worst, since the failed call's record may have been rewritten).
         for _ in range(200):
             try:
-                decision, _ = await backend.check_and_record_block(key(1), 10, A)
+                decision, _ = await backend.check_and_record_block(pubkey(1), 10, A)
                 break
             except BackendUnavailableError:
                 await asyncio.sleep(0.05)
@@ -147,8 +144,8 @@ def test_a_durability_failure_raises_the_backend_neutral_error_and_allows_nothin
 
     async def after(backend: Backend) -> None:
         # What was acknowledged survived; the failed calls were never answered, so nothing conflicts with them.
-        assert (await backend.check_and_record_block(key(1), 10, A))[0].reason is Reason.ALLOWED_REPEAT
-        assert (await backend.check_and_record_block(key(1), 10, B))[0].reason is Reason.DOUBLE_PROPOSAL
+        assert (await backend.check_and_record_block(pubkey(1), 10, A))[0].reason is Reason.ALLOWED_REPEAT
+        assert (await backend.check_and_record_block(pubkey(1), 10, B))[0].reason is Reason.DOUBLE_PROPOSAL
 
     run(after, location)
 
@@ -158,7 +155,7 @@ def test_import_export_summary_decisions_and_checkpoint(location: Location) -> N
         "metadata": {"interchange_format_version": "5", "genesis_validators_root": "0x" + GENESIS.hex()},
         "data": [
             {
-                "pubkey": "0x" + key(1).hex(),
+                "pubkey": "0x" + pubkey(1).hex(),
                 "signed_blocks": [{"slot": "7", "signing_root": "0x" + A.hex()}],
                 "signed_attestations": [{"source_epoch": "2", "target_epoch": "3"}],
             }
@@ -169,18 +166,18 @@ def test_import_export_summary_decisions_and_checkpoint(location: Location) -> N
         progress: list[int] = []
         result = await backend.import_interchange(io.BytesIO(json.dumps(document).encode()), progress.append)
         assert (result.validators, result.imported, progress[-1]) == (1, 1, 1)
-        summary = await backend.summary(key(1))
+        summary = await backend.summary(pubkey(1))
         assert summary is not None
         assert (summary.block_count, summary.slot_floor, summary.target_epoch_floor) == (1, 7, 3)
-        assert await backend.summary(key(2)) is None
-        await backend.check_and_record_block(key(1), 8, B)
-        await backend.check_and_record_block(key(1), 8, A)  # refused
-        records = [record async for record in backend.decisions(key(1))]
+        assert await backend.summary(pubkey(2)) is None
+        await backend.check_and_record_block(pubkey(1), 8, B)
+        await backend.check_and_record_block(pubkey(1), 8, A)  # refused
+        records = [record async for record in backend.decisions(pubkey(1))]
         assert [(r.slot, r.reason) for r in records] == [(8, Reason.ALLOWED_NEW), (8, Reason.DOUBLE_PROPOSAL)]
         out = io.BytesIO()
-        assert await backend.export_interchange(out, [key(1)]) == 1
+        assert await backend.export_interchange(out, [pubkey(1)]) == 1
         with pytest.raises(UnknownValidatorError):
-            await backend.export_interchange(io.BytesIO(), [key(2)])
+            await backend.export_interchange(io.BytesIO(), [pubkey(2)])
         info = await backend.save_checkpoint()
         assert info.validators == 1 and info.sequence >= records[-1].sequence
         assert backend.last_checkpoint_unix is not None
@@ -191,7 +188,7 @@ def test_import_export_summary_decisions_and_checkpoint(location: Location) -> N
 
     async def reopened(backend: Backend) -> None:
         assert backend.startup.validators == 1
-        assert (await backend.check_and_record_block(key(1), 8, B))[0].reason is Reason.ALLOWED_REPEAT
+        assert (await backend.check_and_record_block(pubkey(1), 8, B))[0].reason is Reason.ALLOWED_REPEAT
         again = await backend.import_interchange(io.BytesIO(json.dumps(document).encode()))
         assert again.status_counts == {ImportStatus.UNCHANGED: 1}
 
@@ -227,49 +224,51 @@ def test_the_high_watermark_refuses_what_is_at_or_beyond_it(location: Location) 
 
     async def scenario(backend: Backend) -> None:
         assert backend.startup.high_watermark is None and await backend.high_watermark() is None
-        await backend.register_validators([key(1), key(2)])
-        assert (await backend.check_and_record_block(key(1), 3199, A))[0].reason is Reason.ALLOWED_NEW
+        await backend.register_validators([pubkey(1), pubkey(2)])
+        assert (await backend.check_and_record_block(pubkey(1), 3199, A))[0].reason is Reason.ALLOWED_NEW
         assert await backend.set_high_watermark(3200, 100) == watermark
         assert high_watermark_as_stored(backend) == watermark
         assert await backend.high_watermark() == watermark
 
-        assert (await backend.check_and_record_block(key(1), 3200, A))[0].reason is BEYOND
-        assert (await backend.check_and_record_block(key(2), 3201, A))[0].reason is BEYOND
-        assert (await backend.check_and_record_block(key(1), 3199, A))[0].reason is Reason.ALLOWED_REPEAT
-        assert (await backend.check_and_record_block(key(1), 3199, B))[0].reason is Reason.DOUBLE_PROPOSAL
-        assert (await backend.check_and_record_attestation(key(1), 99, 100, A))[0].reason is BEYOND
-        assert (await backend.check_and_record_attestation(key(1), 100, 99, A))[0].reason is BEYOND
-        assert (await backend.check_and_record_attestation(key(1), 98, 99, A))[0].reason is Reason.ALLOWED_NEW
+        assert (await backend.check_and_record_block(pubkey(1), 3200, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_block(pubkey(2), 3201, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_block(pubkey(1), 3199, A))[0].reason is Reason.ALLOWED_REPEAT
+        assert (await backend.check_and_record_block(pubkey(1), 3199, B))[0].reason is Reason.DOUBLE_PROPOSAL
+        assert (await backend.check_and_record_attestation(pubkey(1), 99, 100, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_attestation(pubkey(1), 100, 99, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_attestation(pubkey(1), 98, 99, A))[0].reason is Reason.ALLOWED_NEW
         # An unregistered key is refused as such first: the order of the checks is the rules'.
-        assert (await backend.check_and_record_block(key(9), 5000, A))[0].reason is Reason.VALIDATOR_NOT_REGISTERED
+        assert (await backend.check_and_record_block(pubkey(9), 5000, A))[
+            0
+        ].reason is Reason.VALIDATOR_NOT_REGISTERED
         decided = await backend.check_and_record_attestations(
-            [AttestationRequest(key(2), 99, 100, A), AttestationRequest(key(9), 200, 201, A)]
+            [AttestationRequest(pubkey(2), 99, 100, A), AttestationRequest(pubkey(9), 200, 201, A)]
         )
         assert [decision.reason for decision, _ in decided] == [BEYOND, Reason.VALIDATOR_NOT_REGISTERED]
         decided = await backend.check_and_record_attestations(
-            [AttestationRequest(key(1), 99, 100, B), AttestationRequest(key(2), 98, 99, B)]
+            [AttestationRequest(pubkey(1), 99, 100, B), AttestationRequest(pubkey(2), 98, 99, B)]
         )
         assert [decision.reason for decision, _ in decided] == [BEYOND, Reason.ALLOWED_NEW]
         # Refusals are recorded like every other decision.
-        records = [record async for record in backend.decisions(key(1))]
+        records = [record async for record in backend.decisions(pubkey(1))]
         assert [record.reason for record in records].count(BEYOND) == 4
-        summary = await backend.summary(key(1))
+        summary = await backend.summary(pubkey(1))
         assert summary is not None and summary.highest_slot == 3199 and summary.highest_target_epoch == 99
         # Set replaces the watermark, either way.
         assert await backend.set_high_watermark(1600, 50) == HighWatermark(1600, 50)
-        assert (await backend.check_and_record_block(key(2), 3000, A))[0].reason is BEYOND
-        assert (await backend.check_and_record_attestation(key(2), 49, 50, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_block(pubkey(2), 3000, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_attestation(pubkey(2), 49, 50, A))[0].reason is BEYOND
 
     run(scenario, location)
 
     async def reopened(backend: Backend) -> None:
         assert backend.startup.high_watermark == HighWatermark(1600, 50)
         assert await backend.high_watermark() == HighWatermark(1600, 50)
-        assert (await backend.check_and_record_block(key(2), 3000, A))[0].reason is BEYOND
+        assert (await backend.check_and_record_block(pubkey(2), 3000, A))[0].reason is BEYOND
         await backend.remove_high_watermark()
         assert high_watermark_as_stored(backend) is None and await backend.high_watermark() is None
-        assert (await backend.check_and_record_block(key(2), 3000, A))[0].reason is Reason.ALLOWED_NEW
-        assert (await backend.check_and_record_attestation(key(1), 99, 100, A))[0].reason is Reason.ALLOWED_NEW
+        assert (await backend.check_and_record_block(pubkey(2), 3000, A))[0].reason is Reason.ALLOWED_NEW
+        assert (await backend.check_and_record_attestation(pubkey(1), 99, 100, A))[0].reason is Reason.ALLOWED_NEW
         await backend.remove_high_watermark()  # nothing to remove is not an error
 
     run(reopened, location)

@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks import postgres_server
 from benchmarks.common import GENESIS_VALIDATORS_ROOT, ServerProcess, pubkey, python_module_argv
-from slashing_protection.v1 import admin_pb2, admin_pb2_grpc, signing_pb2, signing_pb2_grpc
+from slashing_protection.v1 import admin_pb2_grpc, signing_pb2, signing_pb2_grpc
+from tests.support.requests import attestation_request, block_request, register_request
 
 grpc = pytest.importorskip("grpc")
 
@@ -35,7 +36,7 @@ def stubs(database_url: str) -> Iterator[tuple[signing_pb2_grpc.SlashingProtecti
     channel = grpc.insecure_channel(server.address)
     try:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
-        admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[KEY]), timeout=30)
+        admin.RegisterValidators(register_request(KEY), timeout=30)
         yield signing_pb2_grpc.SlashingProtectionServiceStub(channel), server
     finally:
         channel.close()
@@ -48,21 +49,13 @@ def stubs(database_url: str) -> Iterator[tuple[signing_pb2_grpc.SlashingProtecti
 
 
 def _vote(stub, source: int, target: int, root: bytes) -> signing_pb2.SigningDecision:
-    request = signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=KEY,
-        source_epoch=source,
-        target_epoch=target,
-        signing_root=root,
-        genesis_validators_root=GENESIS_VALIDATORS_ROOT,
-    )
+    request = attestation_request(KEY, source, target, root, GENESIS_VALIDATORS_ROOT)
     response: signing_pb2.CheckAndRecordAttestationResponse = stub.CheckAndRecordAttestation(request, timeout=30)
     return response.decision
 
 
 def _block(stub, slot: int, root: bytes) -> signing_pb2.SigningDecision:
-    request = signing_pb2.CheckAndRecordBlockRequest(
-        pubkey=KEY, slot=slot, signing_root=root, genesis_validators_root=GENESIS_VALIDATORS_ROOT
-    )
+    request = block_request(KEY, slot, root, GENESIS_VALIDATORS_ROOT)
     response: signing_pb2.CheckAndRecordBlockResponse = stub.CheckAndRecordBlock(request, timeout=30)
     return response.decision
 
@@ -95,13 +88,7 @@ def test_refuses_a_double_block(stubs) -> None:
 
 def test_an_unregistered_validator_is_refused(stubs) -> None:
     stub, _ = stubs
-    request = signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=pubkey(8),
-        source_epoch=1,
-        target_epoch=2,
-        signing_root=b"\x01" * 32,
-        genesis_validators_root=GENESIS_VALIDATORS_ROOT,
-    )
+    request = attestation_request(pubkey(8), 1, 2, b"\x01" * 32, GENESIS_VALIDATORS_ROOT)
     assert (
         stub.CheckAndRecordAttestation(request, timeout=30).decision.reason == _V.REASON_VALIDATOR_NOT_REGISTERED
     )

@@ -1,31 +1,30 @@
 """The CLI tier: the real `slashing-sidecar` command run as a subprocess (`sys.executable -m sidecar`), on real
 files under `tmp_path`.
 
-`run_cli` runs one command to completion. `serve` / `module_serve` start `serve` on `--listen 127.0.0.1:0`, read
-the bound port from the `serving on HOST:PORT` log line, wait until `health` exits 0, and on teardown send
-SIGTERM and assert a clean exit (code 0, no traceback).
+`run_cli` (`tests.support.processes`) runs one command to completion. `serve` / `module_serve` start `serve` on
+`--listen 127.0.0.1:0` through the one launcher (`tests.support.processes.ServerProcess`: the port from the
+`serving on HOST:PORT` line, ready once SERVING), also wait until `health` exits 0, and on teardown send SIGTERM
+and assert a clean exit (code 0, no traceback).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import jsonschema
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from slashing_protection.v1 import interchange_pb2, interchange_pb2_grpc, signing_pb2, signing_pb2_grpc
+from tests.support.processes import START_TIMEOUT, ServerProcess, cli_command, run_cli, serve_command, sidecar_env
+from tests.support.requests import attestation_request, block_request
 
 # The contract's genesis validators roots, written out here rather than imported, so a wrong table in
 # sidecar/networks.py shows up.
@@ -38,59 +37,8 @@ NETWORK_ROOTS = {
 MAINNET = NETWORK_ROOTS["mainnet"]
 OTHER_ROOT = "0x" + "11" * 32
 
-SERVING_ON = re.compile(r"serving on (\S+):(\d+)")
 # A human log line: "2026-01-01T00:00:00.000Z INFO    logger: message".
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z\s+(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
-CLI_TIMEOUT = 60.0
-START_TIMEOUT = 60.0
-
-
-def pubkey(n: int) -> str:
-    """A distinct, valid-looking 48-byte key as 0x-hex."""
-    return "0x" + bytes([n]).hex() * 48
-
-
-def root32(n: int) -> str:
-    return "0x" + bytes([n]).hex() * 32
-
-
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The test process's environment without any SLASHING_SIDECAR_* leaking in, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLASHING_SIDECAR_")}
-    env.update(extra or {})
-    return env
-
-
-def cli_command(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "sidecar", *map(str, args)]
-
-
-def run_cli(
-    *args: str | Path,
-    env: dict[str, str] | None = None,
-    stdin: bytes | None = None,
-    cwd: Path | None = None,
-    timeout: float = CLI_TIMEOUT,
-) -> subprocess.CompletedProcess[str]:
-    """Runs one command to completion; text stdout/stderr. Never a traceback, whatever the outcome."""
-    result = subprocess.run(
-        cli_command(*args),
-        input=stdin,
-        capture_output=True,
-        env=cli_env(env),
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
-    completed = subprocess.CompletedProcess(
-        result.args,
-        result.returncode,
-        result.stdout.decode("utf-8", "replace"),
-        result.stderr.decode("utf-8", "replace"),
-    )
-    assert "Traceback" not in completed.stderr, completed.stderr
-    assert "Traceback" not in completed.stdout, completed.stdout
-    return completed
 
 
 def run_ok(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -119,144 +67,50 @@ def assert_fails(result: subprocess.CompletedProcess[str], code: int | None = No
 # ---------------------------------------------------------------- serve as a subprocess
 
 
-@dataclass
-class Sidecar:
-    process: subprocess.Popen[bytes]
-    stderr_path: Path
-    data_dir: Path | None
-    host: str = ""
-    port: int = 0
-    returncode: int | None = None
-
-    @property
-    def address(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "[::]", "::") else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        """Signals the server and waits for it; returns its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        try:
-            self.returncode = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            message = f"serve did not exit within {timeout} s of signal {signum}\n{self.stderr}"
-            raise AssertionError(message) from None
-        return self.returncode
-
-
-def launch_serve(
-    workdir: Path, data_dir: Path | None, *args: str | Path, env: dict[str, str] | None = None
-) -> Sidecar:
-    """Starts `serve` (without waiting). `--listen 127.0.0.1:0` unless `args` or `env` name a listen address."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    stderr_path = workdir / f"serve-{time.monotonic_ns()}.stderr"
-    command: list[str | Path] = ["serve"]
-    if data_dir is not None:
-        command += ["--data-dir", data_dir]
-    if "--listen" not in args and "SLASHING_SIDECAR_LISTEN" not in (env or {}):
-        command += ["--listen", "127.0.0.1:0"]
-    command += list(args)
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            cli_command(*command), stdout=subprocess.DEVNULL, stderr=stderr, env=cli_env(env)
-        )
-    return Sidecar(process=process, stderr_path=stderr_path, data_dir=data_dir)
-
-
-def _grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def wait_serving(sidecar: Sidecar, timeout: float = START_TIMEOUT) -> Sidecar:
-    """Parses the port from the log, then waits until `health` exits 0 (polling in-process first, so that a
-    slow start costs no extra CLI runs)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        match = SERVING_ON.search(sidecar.stderr)
-        if match:
-            sidecar.host, sidecar.port = match.group(1), int(match.group(2))
-            break
-        if not sidecar.running:
-            raise AssertionError(
-                f"serve exited with {sidecar.process.returncode} before listening:\n{sidecar.stderr}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no 'serving on' line within {timeout} s:\n{sidecar.stderr}")
-        time.sleep(0.05)
-    while True:
-        if not sidecar.running:
-            raise AssertionError(
-                f"serve exited with {sidecar.process.returncode} before SERVING:\n{sidecar.stderr}"
-            )
-        if _grpc_serving(sidecar.address) and run_cli("health", "--server", sidecar.address).returncode == 0:
-            return sidecar
-        if time.monotonic() > deadline:
-            raise AssertionError(f"health never exited 0 within {timeout} s:\n{sidecar.stderr}")
-        time.sleep(0.1)
-
-
-def wait_exit(sidecar: Sidecar, timeout: float = START_TIMEOUT) -> int:
-    """For a `serve` expected to refuse: its exit code once it has exited."""
-    try:
-        sidecar.returncode = sidecar.process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        sidecar.stop(signal.SIGKILL)
-        raise AssertionError(f"serve kept running; expected a refusal:\n{sidecar.stderr}") from None
-    return sidecar.returncode
-
-
 class ServeFactory:
-    """Starts servers and, at teardown, stops those still running: SIGTERM, exit 0, no traceback."""
+    """Starts `serve` processes for the tier and checks them at teardown: no traceback in any server's output, none
+    died unobserved, and each still running stops on SIGTERM with exit 0."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.started: list[Sidecar] = []
+        self.started: list[ServerProcess] = []
 
-    def __call__(self, data_dir: Path | None, *args: str | Path, env: dict[str, str] | None = None) -> Sidecar:
-        sidecar = launch_serve(self.workdir, data_dir, *args, env=env)
-        self.started.append(sidecar)
-        try:
-            return wait_serving(sidecar)
-        except BaseException:
-            sidecar.stop(signal.SIGKILL)
-            raise
+    def __call__(
+        self, data_dir: Path | None, *args: str | Path, env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        """Starts and waits until SERVING, as the gRPC health service and then the `health` command say."""
+        server = self.launch(data_dir, *args, env=env).wait_serving()
+        deadline = time.monotonic() + START_TIMEOUT
+        while run_cli("health", "--server", server.address).returncode != 0:
+            if time.monotonic() > deadline:
+                server.stop(signal.SIGKILL)
+                raise AssertionError(f"health never exited 0 within {START_TIMEOUT} s:\n{server.stderr}")
+            time.sleep(0.1)
+        return server
 
-    def launch(self, data_dir: Path | None, *args: str | Path, env: dict[str, str] | None = None) -> Sidecar:
-        """Starts without waiting (for starts expected to be refused)."""
-        sidecar = launch_serve(self.workdir, data_dir, *args, env=env)
-        self.started.append(sidecar)
-        return sidecar
+    def launch(self, data_dir: Path | None, *args: str | Path, env: dict[str, str] | None = None) -> ServerProcess:
+        """Starts without waiting (for starts expected to be refused). `--listen 127.0.0.1:0` unless `args` or
+        `env` name a listen address."""
+        listen = None if "--listen" in args or "SLASHING_SIDECAR_LISTEN" in (env or {}) else "127.0.0.1:0"
+        command = serve_command(*args, data_dir=data_dir, listen=listen)
+        server = ServerProcess.launch(command, self.workdir / f"serve-{time.monotonic_ns()}.stderr", env)
+        self.started.append(server)
+        return server
 
     def close(self) -> None:
         problems = []
-        for sidecar in self.started:
-            if "Traceback" in sidecar.stderr:
-                problems.append(f"traceback in serve's stderr:\n{sidecar.stderr}")
-            if sidecar.returncode is not None:  # the test stopped it, or saw it exit
+        for server in self.started:
+            if "Traceback" in server.stderr:
+                problems.append(f"traceback in serve's stderr:\n{server.stderr}")
+            if server.returncode is not None:  # the test stopped it, or saw it exit
                 continue
-            if not sidecar.running:
-                code = sidecar.process.returncode
-                problems.append(f"serve died during the test (exit {code}):\n{sidecar.stderr}")
+            if not server.running:
+                code = server.process.returncode
+                problems.append(f"serve died during the test (exit {code}):\n{server.stderr}")
                 continue
-            code = sidecar.stop()
+            code = server.stop()
             if code != 0:
-                problems.append(f"serve exited {code} on SIGTERM:\n{sidecar.stderr}")
+                problems.append(f"serve exited {code} on SIGTERM:\n{server.stderr}")
         assert not problems, "\n".join(problems)
 
 
@@ -284,11 +138,11 @@ class Signer:
         self.root = bytes.fromhex(genesis_validators_root[2:])
 
     def block(self, key: str, slot: int, signing_root: bytes | None = None) -> signing_pb2.SigningDecision:
-        request = signing_pb2.CheckAndRecordBlockRequest(
-            pubkey=bytes.fromhex(key[2:]),
-            slot=slot,
-            signing_root=signing_root if signing_root is not None else slot.to_bytes(32, "big"),
-            genesis_validators_root=self.root,
+        request = block_request(
+            bytes.fromhex(key[2:]),
+            slot,
+            signing_root if signing_root is not None else slot.to_bytes(32, "big"),
+            self.root,
         )
         response: signing_pb2.CheckAndRecordBlockResponse = self.stub.CheckAndRecordBlock(request, timeout=30)
         return response.decision
@@ -296,14 +150,12 @@ class Signer:
     def attestation(
         self, key: str, source: int, target: int, signing_root: bytes | None = None
     ) -> signing_pb2.SigningDecision:
-        request = signing_pb2.CheckAndRecordAttestationRequest(
-            pubkey=bytes.fromhex(key[2:]),
-            source_epoch=source,
-            target_epoch=target,
-            signing_root=signing_root
-            if signing_root is not None
-            else (source * 1000 + target).to_bytes(32, "big"),
-            genesis_validators_root=self.root,
+        request = attestation_request(
+            bytes.fromhex(key[2:]),
+            source,
+            target,
+            signing_root if signing_root is not None else (source * 1000 + target).to_bytes(32, "big"),
+            self.root,
         )
         response: signing_pb2.CheckAndRecordAttestationResponse = self.stub.CheckAndRecordAttestation(
             request, timeout=30
@@ -407,7 +259,9 @@ def grpc_export(address: str) -> bytes:
 
 def export_bytes(*target: str | Path) -> bytes:
     """`export -` against `--data-dir DIR` or `--server ADDR`: the document written to stdout."""
-    result = subprocess.run(cli_command("export", "-", *target), capture_output=True, env=cli_env(), check=False)
+    result = subprocess.run(
+        cli_command("export", "-", *target), capture_output=True, env=sidecar_env(), check=False
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert b"Traceback" not in result.stderr
     return result.stdout

@@ -10,18 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import (
-    ALLOWED,
-    ServeFactory,
-    Sidecar,
-    Signer,
-    assert_fails,
-    pubkey,
-    run_cli,
-    run_ok,
-)
+from tests.cli.conftest import ALLOWED, ServeFactory, Signer, assert_fails, run_ok
+from tests.support.keys import pubkey_hex
+from tests.support.processes import ServerProcess, run_cli
 
-K1, K2, UNREGISTERED, LATE = pubkey(0x11), pubkey(0x22), pubkey(0x33), pubkey(0x44)
+K1, K2, UNREGISTERED, LATE = pubkey_hex(0x11), pubkey_hex(0x22), pubkey_hex(0x33), pubkey_hex(0x44)
 
 
 @dataclass
@@ -37,7 +30,7 @@ class Made:
 
 @dataclass
 class Served:
-    sidecar: Sidecar
+    sidecar: ServerProcess
     made: list[Made]
 
     @property
@@ -175,7 +168,7 @@ def test_offline_commands_that_only_read_leave_the_data_directory_as_they_found_
     """Offline commands open the directory through the same factory as the server; one that changed nothing
     writes no checkpoint, one that recorded something does (so the next start replays nothing)."""
     data_dir = tmp_path / "data"
-    run_ok("register", "--data-dir", data_dir, "--network", "mainnet", "--pubkey", pubkey(1))
+    run_ok("register", "--data-dir", data_dir, "--network", "mainnet", "--pubkey", pubkey_hex(1))
 
     def files() -> dict[str, bytes]:
         """Every file and its bytes, but the lock file's (it names the last process that held the directory)."""
@@ -187,11 +180,11 @@ def test_offline_commands_that_only_read_leave_the_data_directory_as_they_found_
 
     before = files()
     assert any(name.endswith(".ckpt") for name in before), sorted(before)
-    run_ok("summary", "--data-dir", data_dir, "--pubkey", pubkey(1))
+    run_ok("summary", "--data-dir", data_dir, "--pubkey", pubkey_hex(1))
     run_ok("export", tmp_path / "out.json", "--data-dir", data_dir)
     run_ok("watermark", "show", "--data-dir", data_dir)
     run_ok("decisions", "--data-dir", data_dir)
     assert files() == before
-    run_ok("register", "--data-dir", data_dir, "--pubkey", pubkey(2))
+    run_ok("register", "--data-dir", data_dir, "--pubkey", pubkey_hex(2))
     after = files()
     assert {name for name in after if name.endswith(".ckpt")} - set(before), "no checkpoint after a registration"

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MAINNET, ServeFactory, assert_fails, pubkey, run_cli, run_ok
+from tests.support.keys import pubkey_hex
+from tests.support.processes import run_cli
+
+from .conftest import MAINNET, ServeFactory, assert_fails, run_ok
 
 NOT_ROOT = os.geteuid() != 0
 
@@ -16,7 +19,7 @@ NOT_ROOT = os.geteuid() != 0
 def fresh_data_dir(tmp_path: Path) -> Path:
     """A directory initialised by an offline `register`, so both `serve` and offline commands accept it."""
     data_dir = tmp_path / "data"
-    run_ok("register", "--data-dir", data_dir, "--network", "mainnet", "--pubkey", pubkey(1))
+    run_ok("register", "--data-dir", data_dir, "--network", "mainnet", "--pubkey", pubkey_hex(1))
     return data_dir
 
 
@@ -26,7 +29,7 @@ def test_a_directory_writable_by_others_is_refused(tmp_path: Path, mode: int, wh
     data_dir.chmod(mode)
     commands: tuple[list[str | Path], ...] = (
         ["serve", "--data-dir", data_dir, "--listen", "127.0.0.1:0"],
-        ["register", "--data-dir", data_dir, "--pubkey", pubkey(2)],
+        ["register", "--data-dir", data_dir, "--pubkey", pubkey_hex(2)],
         ["export", "-", "--data-dir", data_dir],
     )
     for command in commands:
@@ -35,7 +38,7 @@ def test_a_directory_writable_by_others_is_refused(tmp_path: Path, mode: int, wh
         assert f"(mode {mode:04o})" in line and f"run `chmod 700 {data_dir}`" in line, line
     # Nothing was changed: once fixed, the directory holds exactly what it held.
     data_dir.chmod(0o700)
-    summary = run_cli("summary", "--data-dir", data_dir, "--pubkey", pubkey(2))
+    summary = run_cli("summary", "--data-dir", data_dir, "--pubkey", pubkey_hex(2))
     assert summary.returncode == 1 and '"registered": false' in summary.stdout
 
 
@@ -50,7 +53,7 @@ def test_a_new_directory_inside_a_shared_parent_is_created_private(tmp_path: Pat
 def test_a_group_readable_directory_is_accepted(tmp_path: Path) -> None:
     data_dir = fresh_data_dir(tmp_path)
     data_dir.chmod(0o750)
-    run_ok("register", "--data-dir", data_dir, "--pubkey", pubkey(3))
+    run_ok("register", "--data-dir", data_dir, "--pubkey", pubkey_hex(3))
 
 
 @pytest.mark.skipif(NOT_ROOT, reason="giving a directory to another user needs root")
@@ -59,7 +62,7 @@ def test_a_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(data_dir, 4242, -1)
     commands: tuple[list[str | Path], ...] = (
         ["serve", "--data-dir", data_dir, "--genesis-validators-root", MAINNET, "--listen", "127.0.0.1:0"],
-        ["register", "--data-dir", data_dir, "--pubkey", pubkey(2)],
+        ["register", "--data-dir", data_dir, "--pubkey", pubkey_hex(2)],
     )
     for command in commands:
         line = assert_fails(run_cli(*command), 1)

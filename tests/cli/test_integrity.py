@@ -17,19 +17,11 @@ from pathlib import Path
 import crc32c
 import pytest
 
-from tests.cli.conftest import (
-    ALLOWED,
-    REFUSED,
-    ServeFactory,
-    Signer,
-    error_line,
-    pubkey,
-    run_cli,
-    run_ok,
-    wait_exit,
-)
+from tests.cli.conftest import ALLOWED, REFUSED, ServeFactory, Signer, error_line, run_ok
+from tests.support.keys import pubkey_hex
+from tests.support.processes import run_cli
 
-KEY = pubkey(0x5E)
+KEY = pubkey_hex(0x5E)
 SEGMENT_HEADER = 21
 RECORD_HEADER = 17
 
@@ -140,7 +132,7 @@ def test_verify_names_file_and_offset_of_mid_log_damage_and_serve_refuses(
     assert any(record.offset <= offset <= where for offset in offsets), report
 
     refused = serve.launch(data_dir)
-    assert wait_exit(refused) != 0
+    assert refused.wait_exit() != 0
     line = error_line(refused.stderr)
     assert segment.name in line and str(record.offset) in line, line
 

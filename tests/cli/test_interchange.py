@@ -13,34 +13,32 @@ from tests.cli.conftest import (
     MAINNET,
     NETWORK_ROOTS,
     ServeFactory,
-    Sidecar,
     assert_eip3076_v5,
     assert_fails,
     export_bytes,
     grpc_export,
     interchange,
-    pubkey,
-    root32,
-    run_cli,
     run_ok,
     write_json,
 )
+from tests.support.keys import pubkey_hex, root_hex
+from tests.support.processes import ServerProcess, run_cli
 
-K1, K2, K3, K4 = pubkey(0xA1), pubkey(0xB2), pubkey(0xC3), pubkey(0xD4)
-UNKNOWN = pubkey(0xEE)
+K1, K2, K3, K4 = pubkey_hex(0xA1), pubkey_hex(0xB2), pubkey_hex(0xC3), pubkey_hex(0xD4)
+UNKNOWN = pubkey_hex(0xEE)
 
 HISTORY = interchange(
     [
         (
             K1,
-            [{"slot": "10", "signing_root": root32(1)}, {"slot": "12"}],
+            [{"slot": "10", "signing_root": root_hex(1)}, {"slot": "12"}],
             [
-                {"source_epoch": "1", "target_epoch": "2", "signing_root": root32(2)},
+                {"source_epoch": "1", "target_epoch": "2", "signing_root": root_hex(2)},
                 {"source_epoch": "2", "target_epoch": "3"},
             ],
         ),
-        (K2, [{"slot": "7", "signing_root": root32(3)}], []),
-        (K3, [], [{"source_epoch": "0", "target_epoch": "5", "signing_root": root32(4)}]),
+        (K2, [{"slot": "7", "signing_root": root_hex(3)}], []),
+        (K3, [], [{"source_epoch": "0", "target_epoch": "5", "signing_root": root_hex(4)}]),
     ]
 )
 
@@ -108,7 +106,7 @@ def test_import_prints_one_line_per_reported_validator_and_a_summary(
     update = interchange(
         [
             (K1, k1["signed_blocks"], k1["signed_attestations"]),
-            (K2, [{"slot": "7", "signing_root": root32(3)}, {"slot": "9"}], []),
+            (K2, [{"slot": "7", "signing_root": root_hex(3)}, {"slot": "9"}], []),
             (K4, [{"slot": "1"}], []),
         ]
     )
@@ -218,7 +216,7 @@ def test_export_from_a_missing_dir_creates_nothing(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, module_serve: ServeFactory, files: dict[str, Path]
-) -> Sidecar:
+) -> ServerProcess:
     """A running server, loaded with HISTORY through `import --server`."""
     data_dir = tmp_path_factory.mktemp("served") / "data"
     sidecar = module_serve(data_dir, "--network", "mainnet", "--checkpoint-interval", "3600")
@@ -228,7 +226,7 @@ def server(
     return sidecar
 
 
-def test_import_through_the_server_reports_merges(tmp_path: Path, server: Sidecar) -> None:
+def test_import_through_the_server_reports_merges(tmp_path: Path, server: ServerProcess) -> None:
     update = interchange([(K3, [{"slot": "40"}], [])])
     result = run_ok("import", write_json(tmp_path / "update.json", update), "--server", server.address)
     lines = result.stdout.strip().splitlines()
@@ -238,14 +236,14 @@ def test_import_through_the_server_reports_merges(tmp_path: Path, server: Sideca
 
 @pytest.mark.parametrize("case", BROKEN)
 def test_import_of_a_broken_file_through_the_server_changes_nothing(
-    server: Sidecar, files: dict[str, Path], case: str
+    server: ServerProcess, files: dict[str, Path], case: str
 ) -> None:
     before = grpc_export(server.address)
     assert_fails(run_cli("import", files[case], "--server", server.address))
     assert grpc_export(server.address) == before
 
 
-def test_export_through_the_server(tmp_path: Path, server: Sidecar) -> None:
+def test_export_through_the_server(tmp_path: Path, server: ServerProcess) -> None:
     whole = run_ok("export", "-", "--server", server.address)
     document = assert_eip3076_v5(whole.stdout, MAINNET)
     assert {K1, K2, K3} <= set(keys_of(document))
@@ -256,14 +254,16 @@ def test_export_through_the_server(tmp_path: Path, server: Sidecar) -> None:
     assert only["data"][0] == next(item for item in document["data"] if item["pubkey"] == K2)
 
 
-def test_export_of_an_unknown_key_through_the_server(tmp_path: Path, server: Sidecar) -> None:
+def test_export_of_an_unknown_key_through_the_server(tmp_path: Path, server: ServerProcess) -> None:
     out = tmp_path / "out.json"
     line = assert_fails(run_cli("export", out, "--server", server.address, "--pubkey", UNKNOWN))
     assert UNKNOWN[2:] in line.lower(), line
     assert not out.exists()
 
 
-def test_offline_import_is_refused_while_a_server_holds_the_dir(server: Sidecar, files: dict[str, Path]) -> None:
+def test_offline_import_is_refused_while_a_server_holds_the_dir(
+    server: ServerProcess, files: dict[str, Path]
+) -> None:
     assert server.data_dir is not None
     before = grpc_export(server.address)
     line = assert_fails(run_cli("import", files["history"], "--data-dir", server.data_dir))
@@ -271,13 +271,13 @@ def test_offline_import_is_refused_while_a_server_holds_the_dir(server: Sidecar,
     assert grpc_export(server.address) == before
 
 
-def test_lock_refusal_is_not_reported_as_unexpected(server: Sidecar, files: dict[str, Path]) -> None:
+def test_lock_refusal_is_not_reported_as_unexpected(server: ServerProcess, files: dict[str, Path]) -> None:
     assert server.data_dir is not None
     line = assert_fails(run_cli("import", files["history"], "--data-dir", server.data_dir))
     assert "unexpected" not in line, line
 
 
-def test_import_from_standard_input_through_the_server(server: Sidecar, tmp_path: Path) -> None:
+def test_import_from_standard_input_through_the_server(server: ServerProcess, tmp_path: Path) -> None:
     update = interchange([(K4, [{"slot": "2"}], [])])
     run_ok("import", "-", "--server", server.address, stdin=json.dumps(update).encode())
     assert K4 in keys_of(json.loads(grpc_export(server.address)))
@@ -287,9 +287,9 @@ def test_offline_import_of_a_complete_history_from_standard_input(tmp_path: Path
     """A new directory from a multi-megabyte complete history piped in (spooled to a temporary file, validated
     whole, then imported): each key ends as the default window of 64 epochs, and the export carries the rest as
     bounds."""
-    keys = [pubkey(0x10 + i) for i in range(4)]
+    keys = [pubkey_hex(0x10 + i) for i in range(4)]
     votes = [
-        {"source_epoch": str(t - 1), "target_epoch": str(t), "signing_root": root32(t % 256)}
+        {"source_epoch": str(t - 1), "target_epoch": str(t), "signing_root": root_hex(t % 256)}
         for t in range(1, 4001)
     ]
     document = json.dumps(interchange([(key, [{"slot": "100"}], votes) for key in keys])).encode()

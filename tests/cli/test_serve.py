@@ -14,19 +14,17 @@ from tests.cli.conftest import (
     MAINNET,
     NETWORK_ROOTS,
     OTHER_ROOT,
-    SERVING_ON,
     ServeFactory,
     assert_eip3076_v5,
     assert_fails,
     error_line,
     grpc_export,
-    pubkey,
-    run_cli,
     run_ok,
-    wait_exit,
 )
+from tests.support.keys import pubkey_hex
+from tests.support.processes import SERVING_ON, run_cli
 
-KEY = pubkey(0xA1)
+KEY = pubkey_hex(0xA1)
 
 
 def checkpoints(data_dir: Path) -> set[str]:
@@ -86,7 +84,7 @@ def test_later_start_with_another_root_is_refused(
 ) -> None:
     identity = sorted(p.name for p in mainnet_dir.iterdir())
     refused = serve.launch(mainnet_dir, option, value)
-    assert wait_exit(refused) != 0
+    assert refused.wait_exit() != 0
     line = error_line(refused.stderr)
     assert MAINNET[2:] in line and other[2:] in line, line
     assert sorted(p.name for p in mainnet_dir.iterdir()) == identity
@@ -94,7 +92,7 @@ def test_later_start_with_another_root_is_refused(
 
 def test_new_dir_without_a_root_is_refused(tmp_path: Path, serve: ServeFactory) -> None:
     refused = serve.launch(tmp_path / "data")
-    assert wait_exit(refused) != 0
+    assert refused.wait_exit() != 0
     line = error_line(refused.stderr)
     assert "--network" in line or "--genesis-validators-root" in line, line
     assert not (tmp_path / "data" / "log").exists()
@@ -104,7 +102,7 @@ def test_second_serve_on_the_same_dir_is_refused_while_the_first_runs(tmp_path: 
     data_dir = tmp_path / "data"
     first = serve(data_dir, "--network", "mainnet")
     second = serve.launch(data_dir, "--network", "mainnet")
-    assert wait_exit(second) != 0
+    assert second.wait_exit() != 0
     line = error_line(second.stderr)
     assert str(first.process.pid) in line, f"the refusal should name the holder: {line}"
     assert run_cli("health", "--server", first.address).returncode == 0

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import MAINNET, assert_fails, pubkey, run_cli
+from tests.cli.conftest import MAINNET, assert_fails
+from tests.support.keys import pubkey_hex
+from tests.support.processes import run_cli
 
 DIR = "{dir}"
 
@@ -39,6 +41,6 @@ def test_usage_error_is_exit_2_and_one_line(tmp_path: Path, argv: list[str], men
 
 
 def test_negative_repair_bound_is_a_usage_error(tmp_path: Path) -> None:
-    run_cli("register", "--data-dir", tmp_path, "--network", "mainnet", "--pubkey", pubkey(1))
+    run_cli("register", "--data-dir", tmp_path, "--network", "mainnet", "--pubkey", pubkey_hex(1))
     result = run_cli("repair", "--data-dir", tmp_path, "--min-slot", "-1", "--min-epoch", "0")
     assert_fails(result, 2)

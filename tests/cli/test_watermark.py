@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from slashing_protection.v1 import signing_pb2
-from tests.cli.conftest import ALLOWED, ServeFactory, Signer, assert_fails, pubkey, run_cli, run_ok
+from tests.cli.conftest import ALLOWED, ServeFactory, Signer, assert_fails, run_ok
+from tests.support.keys import pubkey_hex
 from tests.support.postgres_fixtures import postgres_database, postgres_server, postgres_url  # noqa: F401
+from tests.support.processes import run_cli
 
-KEY = pubkey(0x55)
+KEY = pubkey_hex(0x55)
 BEYOND = signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
 NONE_SET = "no high watermark is set\n"
 AT_3200 = (

@@ -20,7 +20,8 @@ from sidecar.client import (
     SidecarRefusedRequestError,
     SidecarUnavailableError,
 )
-from tests.service.helpers import ROOT, Entry, interchange_document, pubkey, signing_root
+from tests.service.helpers import ROOT, Entry, interchange_document
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import Running, running_server
 
 

@@ -15,7 +15,8 @@ from sidecar.client import (
     SidecarClient,
     SidecarRefusedRequestError,
 )
-from tests.service.helpers import ROOT, pubkey, signing_root
+from tests.service.helpers import ROOT
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import Running
 
 

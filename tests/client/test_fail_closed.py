@@ -14,7 +14,8 @@ from sidecar.client import (
 )
 from slashing_protection.v1 import signing_pb2
 from tests.client.fake import Script, fake_sidecar
-from tests.service.helpers import ROOT, pubkey, signing_root
+from tests.service.helpers import ROOT
+from tests.support.keys import pubkey, signing_root
 
 ALLOWED, REFUSED = signing_pb2.VERDICT_ALLOWED, signing_pb2.VERDICT_REFUSED
 

@@ -24,7 +24,8 @@ from sidecar.client import (
     SidecarUnavailableError,
 )
 from tests.client.fake import Script, fake_sidecar
-from tests.service.helpers import ROOT, pubkey, signing_root
+from tests.service.helpers import ROOT
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import running_server
 
 FAST = RetryPolicy(attempts=100, initial_backoff=0.02, max_backoff=0.1)

@@ -14,7 +14,8 @@ from sidecar.client import (
     SidecarWrongNetworkError,
     SigningDecision,
 )
-from tests.service.helpers import OTHER_ROOT, ROOT, pubkey, signing_root
+from tests.service.helpers import OTHER_ROOT, ROOT
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import Running
 
 

@@ -18,7 +18,8 @@ from sidecar.client import (
 )
 from sidecar.errors import ConfigurationError
 from tests.ops.support import Certificates
-from tests.service.helpers import ROOT, pubkey, signing_root
+from tests.service.helpers import ROOT
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import Running, running_server
 
 

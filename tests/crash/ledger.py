@@ -13,7 +13,6 @@ or in the history's indexes cannot hide itself.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
@@ -28,6 +27,11 @@ class Attestation:
     target_epoch: int
     signing_root: bytes
 
+    @property
+    def item(self) -> tuple[bytes, int, int, bytes]:
+        """(pubkey, source_epoch, target_epoch, signing_root): what `tests.support.requests` builds from."""
+        return self.pubkey, self.source_epoch, self.target_epoch, self.signing_root
+
     def __str__(self) -> str:
         return (
             f"attestation 0x{self.pubkey.hex()[:8]} ({self.source_epoch}, {self.target_epoch}) "
@@ -41,18 +45,13 @@ class Block:
     slot: int
     signing_root: bytes
 
+    @property
+    def item(self) -> tuple[bytes, int, bytes]:
+        """(pubkey, slot, signing_root): what `tests.support.requests` builds from."""
+        return self.pubkey, self.slot, self.signing_root
+
     def __str__(self) -> str:
         return f"block 0x{self.pubkey.hex()[:8]} slot {self.slot} root 0x{self.signing_root.hex()[:8]}"
-
-
-def pubkey_for(index: int) -> bytes:
-    """A distinct, recognisable 48-byte key: its index is readable at the front of its hex."""
-    return index.to_bytes(4, "big") + hashlib.sha512(b"crash-key-%d" % index).digest()[:44]
-
-
-def root_for(*parts: object) -> bytes:
-    """A signing root named by its parts, so a test can rebuild "the other root" for the same message."""
-    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
 
 
 def attestation_conflicts(attestations: Iterable[Attestation]) -> list[str]:

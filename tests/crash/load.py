@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import grpc
 
 from slashing_protection.v1 import signing_pb2, signing_pb2_grpc
+from tests.support.keys import root_for
+from tests.support.requests import attestation_request, batch_request, block_request
 
-from .ledger import Attestation, Block, Ledger, root_for
+from .ledger import Attestation, Block, Ledger
 
 ALLOWED = signing_pb2.VERDICT_ALLOWED
 REFUSED = signing_pb2.VERDICT_REFUSED
@@ -44,27 +46,6 @@ class MessageSpace:
     def block(self, rng: random.Random, pubkey: bytes) -> Block:
         slot = self.first_slot + rng.randrange(self.slot_count)
         return Block(pubkey, slot, root_for("block", pubkey.hex(), slot, rng.randrange(2)))
-
-
-def attestation_request(
-    attestation: Attestation, genesis_validators_root: bytes
-) -> signing_pb2.CheckAndRecordAttestationRequest:
-    return signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=attestation.pubkey,
-        source_epoch=attestation.source_epoch,
-        target_epoch=attestation.target_epoch,
-        signing_root=attestation.signing_root,
-        genesis_validators_root=genesis_validators_root,
-    )
-
-
-def block_request(block: Block, genesis_validators_root: bytes) -> signing_pb2.CheckAndRecordBlockRequest:
-    return signing_pb2.CheckAndRecordBlockRequest(
-        pubkey=block.pubkey,
-        slot=block.slot,
-        signing_root=block.signing_root,
-        genesis_validators_root=genesis_validators_root,
-    )
 
 
 def conflicting_attestation(attestation: Attestation) -> Attestation:
@@ -143,22 +124,19 @@ class SigningLoad:
         if rng.random() < 0.7:
             attestation = self._space.attestation(rng, pubkey)
             response = self._stub.CheckAndRecordAttestation(
-                attestation_request(attestation, self._root), timeout=CALL_TIMEOUT
+                attestation_request(*attestation.item, self._root), timeout=CALL_TIMEOUT
             )
             self._record_attestation(attestation, response.decision)
         else:
             block = self._space.block(rng, pubkey)
-            response = self._stub.CheckAndRecordBlock(block_request(block, self._root), timeout=CALL_TIMEOUT)
+            response = self._stub.CheckAndRecordBlock(block_request(*block.item, self._root), timeout=CALL_TIMEOUT)
             self._record_block(block, response.decision)
 
     def _batched(self, rng: random.Random) -> None:
         pubkeys = rng.sample(self._space.pubkeys, min(self._batch_size, len(self._space.pubkeys)))
         batch = [self._space.attestation(rng, pubkey) for pubkey in pubkeys]
         response = self._stub.CheckAndRecordAttestations(
-            signing_pb2.CheckAndRecordAttestationsRequest(
-                attestations=[attestation_request(a, self._root) for a in batch]
-            ),
-            timeout=CALL_TIMEOUT,
+            batch_request([a.item for a in batch], self._root), timeout=CALL_TIMEOUT
         )
         assert len(response.decisions) == len(batch), "one decision per attestation in a batch"
         for attestation, decision in zip(batch, response.decisions, strict=True):
@@ -229,10 +207,7 @@ def check_everything_recorded(
             ([conflicting_attestation(a) for a in batch], (REFUSED, signing_pb2.REASON_DOUBLE_VOTE)),
         ):
             response = stub.CheckAndRecordAttestations(
-                signing_pb2.CheckAndRecordAttestationsRequest(
-                    attestations=[attestation_request(a, genesis_validators_root) for a in messages]
-                ),
-                timeout=CALL_TIMEOUT,
+                batch_request([a.item for a in messages], genesis_validators_root), timeout=CALL_TIMEOUT
             )
             for attestation, decision in zip(messages, response.decisions, strict=True):
                 judge(attestation, decision, wanted)
@@ -243,7 +218,9 @@ def check_everything_recorded(
             ([conflicting_block(b) for b in chunk], (REFUSED, signing_pb2.REASON_DOUBLE_PROPOSAL)),
         ):
             futures = [
-                stub.CheckAndRecordBlock.future(block_request(b, genesis_validators_root), timeout=CALL_TIMEOUT)
+                stub.CheckAndRecordBlock.future(
+                    block_request(*b.item, genesis_validators_root), timeout=CALL_TIMEOUT
+                )
                 for b in block_messages
             ]
             for block, future in zip(block_messages, futures, strict=True):

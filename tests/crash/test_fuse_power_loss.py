@@ -33,12 +33,13 @@ from pathlib import Path
 import pytest
 
 from sidecar.storage import FileOps, list_segments
-from slashing_protection.v1 import admin_pb2
+from tests.support.keys import pubkey, root_for
+from tests.support.processes import ServerProcess, serve_command
+from tests.support.requests import register_request
 
-from .ledger import Ledger, pubkey_for, root_for
+from .ledger import Ledger
 from .load import MessageSpace, SigningLoad, check_everything_recorded
 from .powercut_fs import PowerCutMount, fuse_missing
-from .process import ServerProcess, serve_command
 
 GENESIS_VALIDATORS_ROOT = root_for("fuse power-loss genesis")
 ACTIVE_VALIDATORS = 12
@@ -96,9 +97,8 @@ class PowerCutRun:
         self.rng = random.Random(seed)
         self.mount = PowerCutMount(tmp_path / "backing", tmp_path / "mnt", tmp_path / "fs.log")
         self.data_dir = tmp_path / "mnt" / "data"
-        self.command = serve_command(self.data_dir, GENESIS_VALIDATORS_ROOT, *SERVE_OPTIONS)
         self.server_prefix = server_prefix
-        self.active = [pubkey_for(index) for index in range(ACTIVE_VALIDATORS)]
+        self.active = [pubkey(index) for index in range(ACTIVE_VALIDATORS)]
         self.ledger = Ledger()
         self.stats = RunStats()
         self.starts = 0
@@ -107,12 +107,15 @@ class PowerCutRun:
     def _start(self, what: str, prefix: tuple[str, ...] = ()) -> ServerProcess:
         self.starts += 1
         log_path = self.tmp_path / f"server-{self.starts:02d}-{what}.log"
-        self.server = ServerProcess.start([*prefix, *self.command], log_path)
+        command = serve_command(
+            *SERVE_OPTIONS, data_dir=self.data_dir, genesis_validators_root=GENESIS_VALIDATORS_ROOT, prefix=prefix
+        )
+        self.server = ServerProcess.launch(command, log_path).wait_serving()
         return self.server
 
     def _stop_server(self) -> None:
         if self.server is not None:
-            self.stats.checkpoints += self.server.log_text().count("sidecar.server: checkpoint ")
+            self.stats.checkpoints += self.server.stderr.count("sidecar.server: checkpoint ")
             self.server.ensure_dead()
             self.server = None
 
@@ -121,12 +124,10 @@ class PowerCutRun:
         self.mount.mount()
         server = self._start("setup")
         idle = range(ACTIVE_VALIDATORS, ACTIVE_VALIDATORS + IDLE_VALIDATORS)
-        pubkeys = self.active + [pubkey_for(index) for index in idle]
-        response = server.admin.RegisterValidators(
-            admin_pb2.RegisterValidatorsRequest(pubkeys=pubkeys), timeout=60
-        )
+        pubkeys = self.active + [pubkey(index) for index in idle]
+        response = server.admin.RegisterValidators(register_request(*pubkeys), timeout=60)
         assert response.registered == len(pubkeys)
-        assert server.stop() == 0, server.log_text()[-4000:]
+        assert server.stop() == 0, server.stderr[-4000:]
         self._stop_server()
 
     def cycle(self, phase: int) -> None:
@@ -150,7 +151,7 @@ class PowerCutRun:
         """Restart on the remounted file system; every ALLOWED answer so far must still be recorded."""
         server = self._start("check")
         problems = check_everything_recorded(server.signing, GENESIS_VALIDATORS_ROOT, self.ledger)
-        assert server.stop() == 0, server.log_text()[-4000:]
+        assert server.stop() == 0, server.stderr[-4000:]
         self._stop_server()
         segments = list_segments(self.data_dir / "log", FileOps())  # stopped: no checkpoint deletes one meanwhile
         self.stats.highest_segment_start = max(

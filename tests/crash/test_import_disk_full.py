@@ -19,7 +19,8 @@ from pathlib import Path
 from sidecar.errors import SidecarError
 from sidecar.storage import FileOps, StorageIOError
 from sidecar.store import Store, StoreOptions
-from tests.service.helpers import ROOT, Entry, interchange_document, pubkey, signing_root
+from tests.service.helpers import ROOT, Entry, interchange_document
+from tests.support.keys import pubkey, signing_root
 
 KNOWN = pubkey(1)
 DOCUMENT = interchange_document(

@@ -25,20 +25,15 @@ from sidecar.storage import FileOps, read_records
 from sidecar.verify import verify_data_dir
 from slashing_protection.v1 import admin_pb2, signing_pb2
 from tests.storage.fakes import FaultyFileOps
+from tests.support.keys import pubkey, root_for
+from tests.support.requests import attestation_request, batch_request, block_request, register_request
 from tests.support.server import Running, running_server
 
-from .ledger import Attestation, Block, attestation_conflicts, block_conflicts, pubkey_for, root_for
-from .load import (
-    ALLOWED,
-    REFUSED,
-    attestation_request,
-    block_request,
-    conflicting_attestation,
-    conflicting_block,
-)
+from .ledger import Attestation, Block, attestation_conflicts, block_conflicts
+from .load import ALLOWED, REFUSED, conflicting_attestation, conflicting_block
 
 GENESIS_VALIDATORS_ROOT = root_for("io-fault genesis")
-VALIDATORS = [pubkey_for(index) for index in range(8)]
+VALIDATORS = [pubkey(index) for index in range(8)]
 SERVER_OPTIONS: dict[str, Any] = {"segment_bytes": 4096, "archive_segments": True, "checkpoint_interval": 0}
 HEALTH_TIMEOUT = 10.0  # the log retries once a second
 
@@ -67,10 +62,10 @@ class Signer:
         decision: signing_pb2.SigningDecision
         if isinstance(message, Attestation):
             call = self.server.signing.CheckAndRecordAttestation
-            decision = call(attestation_request(message, GENESIS_VALIDATORS_ROOT), timeout=10).decision
+            decision = call(attestation_request(*message.item, GENESIS_VALIDATORS_ROOT), timeout=10).decision
         else:
             call = self.server.signing.CheckAndRecordBlock
-            decision = call(block_request(message, GENESIS_VALIDATORS_ROOT), timeout=10).decision
+            decision = call(block_request(*message.item, GENESIS_VALIDATORS_ROOT), timeout=10).decision
         if decision.verdict == ALLOWED:
             self.allowed[message] = decision.sequence
             self.answers.append((message, decision.sequence))
@@ -78,10 +73,7 @@ class Signer:
 
     def sign_batch(self, attestations: list[Attestation]) -> list[signing_pb2.SigningDecision]:
         response = self.server.signing.CheckAndRecordAttestations(
-            signing_pb2.CheckAndRecordAttestationsRequest(
-                attestations=[attestation_request(a, GENESIS_VALIDATORS_ROOT) for a in attestations]
-            ),
-            timeout=10,
+            batch_request([a.item for a in attestations], GENESIS_VALIDATORS_ROOT), timeout=10
         )
         for attestation, decision in zip(attestations, response.decisions, strict=True):
             if decision.verdict == ALLOWED:
@@ -92,9 +84,9 @@ class Signer:
     def sign_some(self, rounds: int) -> None:
         """Unary attestations and blocks and a batch per round; every one must be ALLOWED (nothing conflicts)."""
         for _ in range(rounds):
-            for pubkey in VALIDATORS[:2]:
-                assert self.sign(self.fresh_attestation(pubkey)).verdict == ALLOWED
-                assert self.sign(self.fresh_block(pubkey)).verdict == ALLOWED
+            for key in VALIDATORS[:2]:
+                assert self.sign(self.fresh_attestation(key)).verdict == ALLOWED
+                assert self.sign(self.fresh_block(key)).verdict == ALLOWED
             decisions = self.sign_batch([self.fresh_attestation(pubkey) for pubkey in VALIDATORS[2:]])
             assert all(d.verdict == ALLOWED for d in decisions), decisions
 
@@ -115,7 +107,7 @@ def wait_for_health(server: Running, status: int, while_waiting: Callable[[], No
 
 
 def register(server: Running) -> None:
-    server.admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=VALIDATORS), timeout=10)
+    server.admin.RegisterValidators(register_request(*VALIDATORS), timeout=10)
 
 
 def assert_unavailable(call: Callable[[], object], what: str) -> None:

@@ -32,25 +32,20 @@ import random
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from sidecar.domain import SLOTS_PER_EPOCH
-from slashing_protection.v1 import admin_pb2
+from tests.support.keys import pubkey, root_for
+from tests.support.processes import READY, SERVING_ON, ServerProcess, cli_in_process, serve_command
+from tests.support.requests import register_request
 
-from .ledger import Attestation, Block, Ledger, pubkey_for, root_for
+from .ledger import Attestation, Block, Ledger
 from .load import MessageSpace, SigningLoad, check_everything_recorded
-from .process import (
-    ServerProcess,
-    kill_while_starting,
-    last_checkpoint_or_ready,
-    leftover_files,
-    offline_command,
-    serve_command,
-)
 
 GENESIS_VALIDATORS_ROOT = root_for("crash-tier genesis")
 ACTIVE_VALIDATORS = 16
@@ -70,6 +65,9 @@ SERVE_OPTIONS = (
 )
 # Log lines that mean something went wrong inside the server, killed or not.
 SERVER_TROUBLE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
+CHECKPOINT_OR_READY_LINE = re.compile(
+    r"^(\S+)Z \S+ +sidecar\.server: (?:ready: |checkpoint \S+: \d+ validators)", re.M
+)
 
 
 @dataclass(frozen=True)
@@ -137,19 +135,19 @@ class KillStats:
         )
 
 
-def register(server: ServerProcess, pubkeys: list[bytes]) -> None:
-    response = server.admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=pubkeys), timeout=30)
+def register(server: ServerProcess, pubkeys: Sequence[bytes]) -> None:
+    response = server.admin.RegisterValidators(register_request(*pubkeys), timeout=30)
     assert response.registered == len(pubkeys)
 
 
 def assert_server_log_clean(server: ServerProcess, seed: int) -> None:
-    trouble = [line for line in server.log_text().splitlines() if SERVER_TROUBLE.search(line)]
+    trouble = [line for line in server.lines if SERVER_TROUBLE.search(line)]
     assert not trouble, f"seed {seed}: the server logged trouble in {server.log_path}:\n" + "\n".join(trouble[:20])
 
 
 def verify_offline(data_dir: Path, seed: int, *, torn_tail_allowed: bool) -> bool:
     """Runs `slashing-sidecar verify`; returns whether it reported a torn tail (the only damage allowed)."""
-    code, out, err = offline_command("verify", "--data-dir", str(data_dir))
+    code, out, err = cli_in_process("verify", "--data-dir", str(data_dir))
     damage = [line for line in out.splitlines() if line.startswith("DAMAGE")]
     torn = [line for line in damage if "torn tail" in line]
     other = [line for line in damage if "torn tail" not in line]
@@ -172,10 +170,15 @@ class KillCampaign:
         self.variant = variant
         self.rng = random.Random(seed)
         self.data_dir = tmp_path / "data"
-        self.command = serve_command(self.data_dir, GENESIS_VALIDATORS_ROOT, *SERVE_OPTIONS, *variant.options)
+        self.command = serve_command(
+            *SERVE_OPTIONS,
+            *variant.options,
+            data_dir=self.data_dir,
+            genesis_validators_root=GENESIS_VALIDATORS_ROOT,
+        )
         self.highest_target = 0
         self.highest_slot = 0
-        self.active = [pubkey_for(index) for index in range(ACTIVE_VALIDATORS)]
+        self.active = [pubkey(index) for index in range(ACTIVE_VALIDATORS)]
         self.ledger = Ledger()
         self.stats = KillStats()
         self.starts = 0
@@ -185,10 +188,14 @@ class KillCampaign:
         self.starts += 1
         return self.tmp_path / f"server-{self.starts:02d}-{what}.log"
 
+    def _start(self, what: str) -> ServerProcess:
+        self.server = ServerProcess.launch(self.command, self._log_path(what)).wait_serving()
+        return self.server
+
     def first_start(self) -> None:
-        self.server = ServerProcess.start(self.command, self._log_path("first"))
+        server = self._start("first")
         idle = range(ACTIVE_VALIDATORS, ACTIVE_VALIDATORS + IDLE_VALIDATORS)
-        register(self.server, self.active + [pubkey_for(index) for index in idle])
+        register(server, self.active + [pubkey(index) for index in idle])
 
     def load(self, phase: int) -> SigningLoad:
         """Signing load for one phase. Each phase moves the window on but overlaps the previous one, so it also
@@ -230,7 +237,7 @@ class KillCampaign:
             self.server.kill()
             # The checkpoint loop sleeps one interval after each checkpoint (or readiness), then takes the next:
             # a kill later than that landed inside a checkpoint.
-            last = last_checkpoint_or_ready(self.server.log_text())
+            last = last_checkpoint_or_ready(self.server.stderr)
             if last is not None and killed_at > last + CHECKPOINT_INTERVAL + 0.005:
                 self.stats.mid_checkpoint += 1
         load.stop()
@@ -243,24 +250,32 @@ class KillCampaign:
         self.stats.mid_rotation += leftovers["log.tmp"] > 0
 
     def kill_while_starting(self) -> None:
-        """A second death during the restart itself, before or after recovery, before any client call."""
-        reached = kill_while_starting(self.command, self._log_path("killed-starting"), self.rng.uniform(0.0, 0.15))
+        """A second death during the restart itself, before or after recovery, before any client call: SIGKILL
+        at a random moment after the server bound its port (loading the checkpoint, replaying, repairing a torn
+        tail, opening the log) or just after."""
+        server = ServerProcess.launch(self.command, self._log_path("killed-starting"))
+        try:
+            server.wait_for(SERVING_ON)
+        except BaseException:
+            server.ensure_dead()
+            raise
+        time.sleep(self.rng.uniform(0.0, 0.15))
+        server.kill()
+        reached = "after recovery" if READY.search(server.stderr) else "during recovery"
         self.stats.kills_while_starting[reached] = self.stats.kills_while_starting.get(reached, 0) + 1
 
     def restart_and_check(self, label: str, *, torn_tail_allowed: bool = True) -> None:
         """(c) verify while stopped, restart, (a) every ALLOWED answer still recorded, (b) none conflict."""
         torn = verify_offline(self.data_dir, self.seed, torn_tail_allowed=torn_tail_allowed)
         self.stats.torn_tails += torn
-        self.server = ServerProcess.start(self.command, self._log_path("restart"))
+        server = self._start("restart")
         if torn:
-            assert "(torn tail repaired)" in self.server.ready_line(), (
-                f"seed {self.seed}: {self.server.ready_line()}"
-            )
+            assert "(torn tail repaired)" in server.ready_line(), f"seed {self.seed}: {server.ready_line()}"
         prunable = self.variant.prunable(self.highest_target, self.highest_slot)
-        problems = check_everything_recorded(self.server.signing, GENESIS_VALIDATORS_ROOT, self.ledger, prunable)
+        problems = check_everything_recorded(server.signing, GENESIS_VALIDATORS_ROOT, self.ledger, prunable)
         assert not problems, (
             f"seed {self.seed}, {label}: {len(problems)} answers forgotten or contradicted after the restart "
-            f"(server log {self.server.log_path}):\n" + "\n".join(problems[:20])
+            f"(server log {server.log_path}):\n" + "\n".join(problems[:20])
         )
         conflicts = self.ledger.conflicts()
         assert not conflicts, f"seed {self.seed}: slashable pairs were both answered ALLOWED:\n" + "\n".join(
@@ -275,7 +290,7 @@ class KillCampaign:
         code = self.server.stop()
         load.stop()
         self.server.close_channel()
-        assert code == 0, f"seed {self.seed}: graceful stop under load failed:\n{self.server.log_text()[-4000:]}"
+        assert code == 0, f"seed {self.seed}: graceful stop under load failed:\n{self.server.stderr[-4000:]}"
         assert_server_log_clean(self.server, self.seed)
         self.server = None
 
@@ -283,7 +298,7 @@ class KillCampaign:
         assert self.server is not None
         code = self.server.stop()
         self.server.close_channel()
-        assert code == 0, f"seed {self.seed}: graceful stop failed:\n{self.server.log_text()[-4000:]}"
+        assert code == 0, f"seed {self.seed}: graceful stop failed:\n{self.server.stderr[-4000:]}"
         assert_server_log_clean(self.server, self.seed)
         self.server = None
 
@@ -342,3 +357,21 @@ def test_kill9_under_load_loses_no_allowed_answer(tmp_path: Path, seed: int, var
 def test_kill9_under_load_loses_no_allowed_answer_long(tmp_path: Path, seed: int, variant: str) -> None:
     stats = run_kill_campaign(tmp_path, seed, VARIANTS[variant], kills_under_load=15)
     print(stats.line(seed))
+
+
+def last_checkpoint_or_ready(log_text: str) -> float | None:
+    """Unix time of the server's last "ready:" or "checkpoint ...: N validators" line: the scheduled checkpoint
+    loop starts its next checkpoint one interval after it."""
+    times = [
+        datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+        for match in CHECKPOINT_OR_READY_LINE.finditer(log_text)
+    ]
+    return max(times, default=None)
+
+
+def leftover_files(data_dir: Path) -> dict[str, int]:
+    """The temporary files a kill left behind: a checkpoint or a new segment caught half-written."""
+    return {
+        "checkpoint.tmp": len(list((data_dir / "checkpoints").glob("*.ckpt.tmp"))),
+        "log.tmp": len(list((data_dir / "log").glob("*.log.tmp"))),
+    }

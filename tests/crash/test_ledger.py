@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from .ledger import Attestation, Block, attestation_conflicts, block_conflicts, pubkey_for, root_for
+from tests.support.keys import pubkey, root_for
 
-KEY = pubkey_for(1)
-OTHER_KEY = pubkey_for(2)
+from .ledger import Attestation, Block, attestation_conflicts, block_conflicts
+
+KEY = pubkey(1)
+OTHER_KEY = pubkey(2)
 
 
 def vote(source: int, target: int, root: str = "a", pubkey: bytes = KEY) -> Attestation:

@@ -28,18 +28,20 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.domain import valid_pubkey, valid_signing_root
 from sidecar.rules import Decision, Reason
 from sidecar.storage import FileOps, StorageError, list_segments, read_records
 from sidecar.storage.framing import encode_record
 from sidecar.store import AttestationRequest, Store, StoreOptions
 from sidecar.verify import verify_data_dir
 from tests.storage.fakes import PowerLossFileOps
+from tests.support.keys import pubkey, root_for
 
-from .ledger import Attestation, Block, attestation_conflicts, block_conflicts, pubkey_for, root_for
+from .ledger import Attestation, Block, attestation_conflicts, block_conflicts
 from .load import conflicting_attestation, conflicting_block
 
 GENESIS_VALIDATORS_ROOT = root_for("power-loss genesis")
-VALIDATORS = [pubkey_for(index) for index in range(6)]
+VALIDATORS = [pubkey(index) for index in range(6)]
 SEGMENT_BYTES = 512
 STEPS = 80  # bursts of one to four decisions
 CHECKPOINT_EVERY = 8
@@ -262,7 +264,7 @@ def _one_burst(store: Store, workload: Workload, answered: Answered, pending: li
             )
         else:
             block = workload.block()
-            decision, sequence = store.check_and_record_block(block.pubkey, block.slot, block.signing_root)
+            decision, sequence = _decide_block(store, block)
             pending.append((sequence, _record_key_block(block, decision.reason), block, decision))
     allowed = [sequence for sequence, _, _, decision in pending if decision.allowed]
     if not allowed:
@@ -282,7 +284,16 @@ def _one_burst(store: Store, workload: Workload, answered: Answered, pending: li
 
 def _request(attestation: Attestation) -> AttestationRequest:
     return AttestationRequest(
-        attestation.pubkey, attestation.source_epoch, attestation.target_epoch, attestation.signing_root
+        valid_pubkey(attestation.pubkey),
+        attestation.source_epoch,
+        attestation.target_epoch,
+        valid_signing_root(attestation.signing_root),
+    )
+
+
+def _decide_block(store: Store, block: Block) -> tuple[Decision, int]:
+    return store.check_and_record_block(
+        valid_pubkey(block.pubkey), block.slot, valid_signing_root(block.signing_root)
     )
 
 
@@ -344,9 +355,8 @@ def assert_recovered(data_dir: Path, answered: Answered, context: str, *, archiv
             if repeat.reason is not Reason.ALLOWED_REPEAT or conflict.reason is not Reason.DOUBLE_VOTE:
                 problems.append(f"{attestation}: re-sent {repeat.reason.name}, conflicting {conflict.reason.name}")
         for block in sorted(answered.blocks):
-            repeat, _ = store.check_and_record_block(block.pubkey, block.slot, block.signing_root)
-            other = conflicting_block(block)
-            conflict, _ = store.check_and_record_block(other.pubkey, other.slot, other.signing_root)
+            repeat, _ = _decide_block(store, block)
+            conflict, _ = _decide_block(store, conflicting_block(block))
             if repeat.reason is not Reason.ALLOWED_REPEAT or conflict.reason is not Reason.DOUBLE_PROPOSAL:
                 problems.append(f"{block}: re-sent {repeat.reason.name}, conflicting {conflict.reason.name}")
         assert not problems, f"{context}: answered decisions lost in recovery:\n" + "\n".join(problems[:20])

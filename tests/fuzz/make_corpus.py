@@ -17,20 +17,22 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sidecar.domain import SigningRoot, valid_pubkey, valid_signing_root
 from sidecar.storage import FileOps, list_checkpoints, read_checkpoint
 from sidecar.storage.framing import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE
 from sidecar.store import Store, StoreOptions
-from slashing_protection.v1 import admin_pb2, signing_pb2
+from slashing_protection.v1 import admin_pb2
+from tests.support.requests import attestation_request, batch_request, block_request, register_request
 
 from .targets import _RPCS, FIXED_NOW_NS, GENESIS, REGISTERED, _frame_boundaries, wrap_checkpoint
 
 CORPUS = Path(__file__).parent / "corpus"
 KEY, OTHER = REGISTERED
-IMPORTED = bytes([0xC3]) * 48
+IMPORTED = valid_pubkey(bytes([0xC3]) * 48)
 
 
-def _root(n: int) -> bytes:
-    return bytes([n]) * 32
+def _root(n: int) -> SigningRoot:
+    return valid_signing_root(bytes([n]) * 32)
 
 
 def interchange_documents() -> dict[str, bytes]:
@@ -90,27 +92,11 @@ def store_files() -> tuple[bytes, bytes]:
 
 
 def requests() -> dict[str, bytes]:
-    attestation = signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=KEY, source_epoch=4, target_epoch=5, signing_root=_root(6), genesis_validators_root=GENESIS
-    )
     messages = {
-        "CheckAndRecordBlock": signing_pb2.CheckAndRecordBlockRequest(
-            pubkey=KEY, slot=11, signing_root=_root(7), genesis_validators_root=GENESIS
-        ),
-        "CheckAndRecordAttestation": attestation,
-        "CheckAndRecordAttestations": signing_pb2.CheckAndRecordAttestationsRequest(
-            attestations=[
-                attestation,
-                signing_pb2.CheckAndRecordAttestationRequest(
-                    pubkey=OTHER,
-                    source_epoch=4,
-                    target_epoch=5,
-                    signing_root=_root(6),
-                    genesis_validators_root=GENESIS,
-                ),
-            ]
-        ),
-        "RegisterValidators": admin_pb2.RegisterValidatorsRequest(pubkeys=[IMPORTED, KEY]),
+        "CheckAndRecordBlock": block_request(KEY, 11, _root(7), GENESIS),
+        "CheckAndRecordAttestation": attestation_request(KEY, 4, 5, _root(6), GENESIS),
+        "CheckAndRecordAttestations": batch_request([(KEY, 4, 5, _root(6)), (OTHER, 4, 5, _root(6))], GENESIS),
+        "RegisterValidators": register_request(IMPORTED, KEY),
         "GetValidatorSummary": admin_pb2.GetValidatorSummaryRequest(pubkey=KEY),
         "ListDecisions": admin_pb2.ListDecisionsRequest(pubkey=KEY, since_sequence=1),
     }

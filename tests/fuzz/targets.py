@@ -47,6 +47,7 @@ from google.protobuf.message import DecodeError
 
 from interchange import InterchangeError, parse_interchange, stream_interchange_parts
 from sidecar import records as codec
+from sidecar.domain import valid_pubkey
 from sidecar.errors import SidecarError
 from sidecar.local import LocalBackend
 from sidecar.metrics import Metrics
@@ -59,7 +60,7 @@ from sidecar.store import Store, StoreOptions, stage_import
 from slashing_protection.v1 import admin_pb2, signing_pb2
 
 GENESIS = bytes(range(32))
-REGISTERED = (bytes([0xA1]) * 48, bytes([0xB2]) * 48)
+REGISTERED = (valid_pubkey(bytes([0xA1]) * 48), valid_pubkey(bytes([0xB2]) * 48))
 IDENTITY = ('{"format": 1, "genesis_validators_root": "0x' + GENESIS.hex() + '"}\n').encode()
 FIXED_NOW_NS = 1_700_000_000 * 10**9
 

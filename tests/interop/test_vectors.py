@@ -16,6 +16,7 @@ import pytest
 
 from sidecar.store import Strategy
 from slashing_protection.v1 import interchange_pb2, signing_pb2
+from tests.support.requests import attestation_request, block_request
 from tests.support.server import Running, running_server
 from tests.support.vectors import hex_bytes, load, vector_params
 
@@ -59,11 +60,11 @@ def run_case(server: Running, case: dict[str, Any], strategy: Strategy) -> None:
             assert response.validators == len({v["pubkey"] for v in step["interchange"]["data"]})
         for index, block in enumerate(step["blocks"]):
             decision = server.signing.CheckAndRecordBlock(
-                signing_pb2.CheckAndRecordBlockRequest(
-                    pubkey=hex_bytes(block["pubkey"]),
-                    slot=int(block["slot"]),
-                    signing_root=hex_bytes(block.get("signing_root", "0x" + "00" * 32)),
-                    genesis_validators_root=root,
+                block_request(
+                    hex_bytes(block["pubkey"]),
+                    int(block["slot"]),
+                    hex_bytes(block.get("signing_root", "0x" + "00" * 32)),
+                    root,
                 )
             ).decision
             allowed = decision.verdict == signing_pb2.VERDICT_ALLOWED
@@ -72,12 +73,12 @@ def run_case(server: Running, case: dict[str, Any], strategy: Strategy) -> None:
             )
         for index, attestation in enumerate(step["attestations"]):
             decision = server.signing.CheckAndRecordAttestation(
-                signing_pb2.CheckAndRecordAttestationRequest(
-                    pubkey=hex_bytes(attestation["pubkey"]),
-                    source_epoch=int(attestation["source_epoch"]),
-                    target_epoch=int(attestation["target_epoch"]),
-                    signing_root=hex_bytes(attestation.get("signing_root", "0x" + "00" * 32)),
-                    genesis_validators_root=root,
+                attestation_request(
+                    hex_bytes(attestation["pubkey"]),
+                    int(attestation["source_epoch"]),
+                    int(attestation["target_epoch"]),
+                    hex_bytes(attestation.get("signing_root", "0x" + "00" * 32)),
+                    root,
                 )
             ).decision
             allowed = decision.verdict == signing_pb2.VERDICT_ALLOWED

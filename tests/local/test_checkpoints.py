@@ -10,12 +10,9 @@ from sidecar.local.options import StoreOptions
 from sidecar.local.store import Store
 from sidecar.storage import list_checkpoints
 from tests.storage.fakes import GatedFileOps
+from tests.support.keys import pubkey, signing_root
 
 ROOT = bytes(32)
-
-
-def pubkey(index: int) -> bytes:
-    return index.to_bytes(8, "big") + bytes(40)
 
 
 def test_a_checkpoint_is_published_only_after_what_it_holds_is_durable(tmp_path: Path) -> None:
@@ -25,7 +22,7 @@ def test_a_checkpoint_is_published_only_after_what_it_holds_is_durable(tmp_path:
         store.register_validators([pubkey(1)])
         store.log.sync()
         fileops.gate.clear()  # the next group commit hangs inside fdatasync
-        decision, sequence = store.check_and_record_attestations([(pubkey(1), 0, 1, ROOT)])[0]
+        decision, sequence = store.check_and_record_attestations([(pubkey(1), 0, 1, signing_root(0))])[0]
         assert decision.allowed
         assert fileops.in_fdatasync.wait(5)
         saved: list[object] = []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import records as codec
+from sidecar.domain import valid_pubkey, valid_signing_root
 from sidecar.errors import DataDirError
 from sidecar.history import ValidatorHistory
 from sidecar.local.options import StoreOptions
@@ -28,11 +29,12 @@ from sidecar.verify import verify_data_dir
 from tests.support.history_state import full_state
 
 GOLDEN = Path(__file__).parent / "golden"
-KEY_A = bytes([0xA1]) * 48
-KEY_B = bytes([0xB2]) * 48
-ROOT_A = bytes([0xAA]) * 32
-ROOT_B = bytes([0xBB]) * 32
+KEY_A = valid_pubkey(bytes([0xA1]) * 48)
+KEY_B = valid_pubkey(bytes([0xB2]) * 48)
+ROOT_A = valid_signing_root(bytes([0xAA]) * 32)
+ROOT_B = valid_signing_root(bytes([0xBB]) * 32)
 GENESIS = bytes(32)
+NOBODY = valid_pubkey(bytes(48))  # never registered
 NOW = 1_700_000_000_000_000_000
 WATERMARK = HighWatermark(3200, 100)
 
@@ -181,13 +183,13 @@ def test_the_store_decides_under_the_watermark_and_records_the_refusals(tmp_path
             Reason.ALLOWED_NEW,
             Reason.AT_OR_BEYOND_HIGH_WATERMARK,
         ]
-        assert store.check_and_record_block(bytes(48), 5000, ROOT_A)[0].reason is Reason.VALIDATOR_NOT_REGISTERED
+        assert store.check_and_record_block(NOBODY, 5000, ROOT_A)[0].reason is Reason.VALIDATOR_NOT_REGISTERED
         store.log.sync()
         trail = [(record.pubkey, record.reason) for record in store.decisions()]
         assert trail[-3:] == [
             (KEY_A, Reason.ALLOWED_NEW),
             (KEY_B, Reason.AT_OR_BEYOND_HIGH_WATERMARK),
-            (bytes(48), Reason.VALIDATOR_NOT_REGISTERED),
+            (NOBODY, Reason.VALIDATOR_NOT_REGISTERED),
         ]
         summary = store.summary(KEY_B)
         assert summary is not None and (summary.refused_decisions, summary.attestation_count) == (1, 0)

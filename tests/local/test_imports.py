@@ -18,7 +18,7 @@ import pytest
 from interchange import ValidatorEntryEnd, ValidatorRecordsPart, stream_interchange_parts
 from sidecar import records as codec
 from sidecar.backend import Strategy
-from sidecar.domain import SLOTS_PER_EPOCH
+from sidecar.domain import SLOTS_PER_EPOCH, Pubkey, SigningRoot, valid_pubkey, valid_signing_root
 from sidecar.errors import DataDirError, GenesisRootMismatchError, ImportRefusedError
 from sidecar.history import PRUNE_SLACK_EPOCHS, ValidatorHistory
 from sidecar.import_staging import DocumentStaging
@@ -32,11 +32,11 @@ from sidecar.storage.framing import encode_record, encode_segment_header
 from sidecar.verify import verify_data_dir
 
 GENESIS = bytes(range(32))
-KEY = bytes([0xA1]) * 48
-OTHER = bytes([0xB2]) * 48
-ROOT_A = bytes([0xAA]) * 32
-ROOT_B = bytes([0xBB]) * 32
-FRESH = bytes([0xFF]) * 32
+KEY = valid_pubkey(bytes([0xA1]) * 48)
+OTHER = valid_pubkey(bytes([0xB2]) * 48)
+ROOT_A = valid_signing_root(bytes([0xAA]) * 32)
+ROOT_B = valid_signing_root(bytes([0xBB]) * 32)
+FRESH = valid_signing_root(bytes([0xFF]) * 32)
 WINDOW = 4
 
 
@@ -71,12 +71,12 @@ def open_store(data_dir: Path, window: int | None = WINDOW, strategy: Strategy =
     return Store.open_or_create(data_dir, GENESIS, StoreOptions(history_window_epochs=window, strategy=strategy))
 
 
-def attestation(store: Store, source: int, target: int, root: bytes = FRESH, key: bytes = KEY) -> Reason:
+def attestation(store: Store, source: int, target: int, root: SigningRoot = FRESH, key: Pubkey = KEY) -> Reason:
     [(decision, _)] = store.check_and_record_attestations([(key, source, target, root)])
     return decision.reason
 
 
-def block(store: Store, slot: int, root: bytes = FRESH, key: bytes = KEY) -> Reason:
+def block(store: Store, slot: int, root: SigningRoot = FRESH, key: Pubkey = KEY) -> Reason:
     decision, _ = store.check_and_record_block(key, slot, root)
     return decision.reason
 
@@ -333,7 +333,7 @@ def test_staging_holds_a_window_of_records_per_key_not_the_document(tmp_path: Pa
     store = open_store(tmp_path, window=window)
     result = store.import_interchange(io.BytesIO(source))
     assert (result.validators, result.imported) == (keys, keys)
-    summary = store.summary(bytes([0x80]) * 48)
+    summary = store.summary(valid_pubkey(bytes([0x80]) * 48))
     assert summary is not None
     assert (summary.attestation_count, summary.target_epoch_floor, summary.source_epoch_floor) == (9, 2991, 2990)
     store.close()

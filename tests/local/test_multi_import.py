@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.backend import ImportStatus, Strategy
+from sidecar.domain import valid_pubkey, valid_signing_root
 from sidecar.local.options import StoreOptions
 from sidecar.local.store import Store
 from sidecar.rules import Reason
@@ -24,9 +25,9 @@ from tests.rules.rules_support import eip3076_document
 from tests.rules.test_rules_multi_import import client_stints, slashable_attestation, slashable_block
 
 GENESIS = bytes(32)
-KEY = bytes([0xA1]) * 48
-FRESH = bytes([0xFF]) * 32
-ROOT_A = bytes([0xAA]) * 32
+KEY = valid_pubkey(bytes([0xA1]) * 48)
+FRESH = valid_signing_root(bytes([0xFF]) * 32)
+ROOT_A = valid_signing_root(bytes([0xAA]) * 32)
 
 
 def document(files: Recorded, key: bytes = KEY) -> bytes:
@@ -38,11 +39,11 @@ def open_store(path: Path, window: int | None, strategy: Strategy) -> Store:
 
 
 def block(store: Store, slot: int, root: bytes = FRESH) -> Reason:
-    return store.check_and_record_block(KEY, slot, root)[0].reason
+    return store.check_and_record_block(KEY, slot, valid_signing_root(root))[0].reason
 
 
 def attestation(store: Store, source: int, target: int, root: bytes = FRESH) -> Reason:
-    [(decision, _)] = store.check_and_record_attestations([(KEY, source, target, root)])
+    [(decision, _)] = store.check_and_record_attestations([(KEY, source, target, valid_signing_root(root))])
     return decision.reason
 
 

@@ -24,11 +24,11 @@ from sidecar.domain import DEFAULT_SEGMENT_BYTES
 from sidecar.history import ValidatorHistory
 from sidecar.local.options import StoreOptions
 from sidecar.local.store import Store
-from tests.crash.ledger import pubkey_for, root_for
 from tests.support.history_state import full_state
+from tests.support.keys import pubkey, root_for
 
 GENESIS = root_for("recovery-state genesis")
-KEYS = [pubkey_for(index) for index in range(5)]  # the last one is never registered
+KEYS = [pubkey(index) for index in range(5)]  # the last one is never registered
 ROOTS = [root_for("message", index) for index in range(3)]
 
 
@@ -160,7 +160,7 @@ def body_of(histories: dict[bytes, ValidatorHistory]) -> bytes:
     return b"".join(parts)
 
 
-SAMPLE = {
+SAMPLE: dict[bytes, ValidatorHistory] = {
     KEYS[0]: honest_history(3, 20),
     KEYS[1]: imported_history(),
     KEYS[2]: ValidatorHistory(),

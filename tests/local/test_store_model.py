@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from sidecar.backend import Strategy
+from sidecar.domain import Pubkey, SigningRoot
 from sidecar.local.options import StoreOptions
 from sidecar.local.repair import repair_data_dir
 from sidecar.local.store import Store
@@ -31,10 +32,11 @@ from tests.rules.rules_oracle import Attestation, Block, Protection, Recorded
 from tests.rules.rules_support import attestation_candidates, block_candidates, eip3076_document, recorded_from
 from tests.rules.test_rules_multi_import import disagree
 from tests.storage.fakes import PowerLossFileOps
+from tests.support.keys import pubkey, signing_root
 
 GENESIS = bytes(32)
-KEYS = [bytes([0xC0 + index]) * 48 for index in range(3)]
-ROOTS = [bytes([0x10 + index]) * 32 for index in range(3)]
+KEYS = [pubkey(0xC0 + index) for index in range(3)]
+ROOTS = [signing_root(0x10 + index) for index in range(3)]
 roots = st.sampled_from(ROOTS)
 maybe_roots = st.one_of(st.none(), roots)
 slots = st.integers(0, 40)
@@ -103,7 +105,7 @@ class StoreMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------------- steps
 
     @rule(pubkeys=st.lists(keys, min_size=1, max_size=3))
-    def register(self, pubkeys: list[bytes]) -> None:
+    def register(self, pubkeys: list[Pubkey]) -> None:
         _, _, sequence = self.live.register_validators(pubkeys)
         if sequence:
             self.live.log.wait_durable(sequence)
@@ -111,7 +113,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.model.setdefault(key, Protection(minimal=self.strategy is Strategy.MINIMAL))
 
     @rule(key=keys, slot=slots, root=roots)
-    def sign_block(self, key: bytes, slot: int, root: bytes) -> None:
+    def sign_block(self, key: Pubkey, slot: int, root: SigningRoot) -> None:
         decision, sequence = self.live.check_and_record_block(key, slot, root)
         self.live.log.wait_durable(sequence)  # acknowledged only once durable
         expected = self.model[key].sign_block(slot, root) if key in self.model else Reason.VALIDATOR_NOT_REGISTERED
@@ -120,14 +122,14 @@ class StoreMachine(RuleBasedStateMachine):
         assert not disagree(decision.reason, expected), (key[:1], slot, decision.reason, expected)
 
     @rule(key=keys, source=epochs, span=st.integers(-1, 3), root=roots)
-    def sign_attestation(self, key: bytes, source: int, span: int, root: bytes) -> None:
+    def sign_attestation(self, key: Pubkey, source: int, span: int, root: SigningRoot) -> None:
         target = max(source + span, 0)
         [(decision, sequence)] = self.live.check_and_record_attestations([(key, source, target, root)])
         self.live.log.wait_durable(sequence)
         self._judge_attestation(key, source, target, root, decision.reason)
 
     @rule(votes=st.lists(st.tuples(epochs, st.integers(0, 3), roots), min_size=1, max_size=3))
-    def sign_batch(self, votes: list[tuple[int, int, bytes]]) -> None:
+    def sign_batch(self, votes: list[tuple[int, int, SigningRoot]]) -> None:
         requests = [(KEYS[index], source, source + span, root) for index, (source, span, root) in enumerate(votes)]
         decided = self.live.check_and_record_attestations(requests)
         self.live.log.wait_durable(decided[-1][1])

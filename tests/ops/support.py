@@ -1,15 +1,11 @@
-"""Helpers for the ops tier: a real `python -m sidecar serve` subprocess, test certificates, small clients."""
+"""Helpers for the ops tier: how its servers are started, test certificates, small clients. The servers are real
+`python -m sidecar serve` processes (`tests.support.processes`)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import ipaddress
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -33,174 +29,12 @@ from slashing_protection.v1 import (
     signing_pb2,
     signing_pb2_grpc,
 )
+from tests.support.keys import ZERO_ROOT_HEX
+from tests.support.requests import attestation_request, block_request, register_request
 
-REPO = Path(__file__).resolve().parents[2]
-ZERO_ROOT = bytes(32)
-ZERO_ROOT_HEX = "0x" + ZERO_ROOT.hex()
-SERVING_ON = re.compile(r"serving on (\S+):(\d+)")
-METRICS_ON = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
-READY = re.compile(r"ready: version ")
-START_TIMEOUT = 30.0
-
-
-def pubkey(tag: int, index: int = 0) -> bytes:
-    """A distinct 48-byte key per (tag, index); tags keep the keys of different tests apart."""
-    return bytes([0xA0, tag]) + index.to_bytes(4, "big") + bytes(42)
-
-
-def root(value: int) -> bytes:
-    return value.to_bytes(32, "big")
-
-
-def sidecar_env(**extra: str) -> dict[str, str]:
-    """The test's environment without the SLASHING_SIDECAR_* options or gRPC log settings a developer may have
-    exported: the server sees what an operator's process sees by default."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("SLASHING_SIDECAR_") and key not in ("GRPC_VERBOSITY", "GRPC_TRACE")
-    }
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        cwd=REPO,
-        env=sidecar_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-class ServeProcess:
-    """`python -m sidecar serve ... --listen HOST:0`, its stderr collected line by line in a thread."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        *args: str,
-        listen: str = "127.0.0.1:0",
-        root_hex: str | None = ZERO_ROOT_HEX,
-        env: dict[str, str] | None = None,
-    ):
-        command = [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data_dir), "--listen", listen]
-        if root_hex is not None:
-            command += ["--genesis-validators-root", root_hex]
-        command += ["--checkpoint-interval", "0", *args]
-        self.command = command
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self.process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=sidecar_env(**(env or {})),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._stdout: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read_stderr, daemon=True),
-            threading.Thread(target=self._read_stdout, daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-        self.host = ""
-        self.port = 0
-
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        self._stdout.extend(self.process.stdout)
-
-    @property
-    def stderr(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT) -> re.Match[str]:
-        """The first stderr line matching `pattern`; fails if the process exits or time runs out first."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._changed:
-            while True:
-                for line in self.lines[seen:]:
-                    match = pattern.search(line)
-                    if match:
-                        return match
-                seen = len(self.lines)
-                if self.process.poll() is not None and not self._readers[0].is_alive():
-                    raise AssertionError(
-                        f"serve exited with {self.process.returncode} before {pattern.pattern!r}:\n{self.stderr}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no {pattern.pattern!r} within {timeout} s:\n{self.stderr}")
-                self._changed.wait(min(remaining, 0.2))
-
-    def start(self) -> ServeProcess:
-        """Waits for the bound address, then for recovery to finish (the startup line)."""
-        match = self.wait_for(SERVING_ON)
-        self.host, self.port = match.group(1), int(match.group(2))
-        assert self.port != 0
-        self.wait_for(READY)
-        return self
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def metrics_port(self) -> int:
-        return int(self.wait_for(METRICS_ON).group(2))
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        code = self.process.wait(timeout)
-        self._close()
-        return code
-
-    def wait_exit(self, timeout: float = 30.0) -> int:
-        """Waits for the process to end by itself (no signal sent)."""
-        code = self.process.wait(timeout)
-        self._close()
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        for reader in self._readers:
-            reader.join(10)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@contextlib.contextmanager
-def serving(data_dir: Path, *args: str, **kwargs: object) -> Iterator[ServeProcess]:
-    """A started `serve` subprocess; killed at the end if the test did not stop it."""
-    process = ServeProcess(data_dir, *args, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield process.start()
-    finally:
-        process.kill()
+# Every ops server: the zero root, no scheduled checkpoints (a test that wants them gives --checkpoint-interval,
+# and a later option wins).
+SERVE_OPTIONS = ("--genesis-validators-root", ZERO_ROOT_HEX, "--checkpoint-interval", "0")
 
 
 # ---------------------------------------------------------------- gRPC clients
@@ -223,14 +57,12 @@ class Client:
         return health_pb2_grpc.HealthStub(self.channel)
 
     def register(self, *pubkeys: bytes) -> None:
-        self.admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=list(pubkeys)), timeout=10)
+        self.admin.RegisterValidators(register_request(*pubkeys), timeout=10)
 
     def block(
         self, key: bytes, slot: int, signing_root: bytes, timeout: float = 10
     ) -> signing_pb2.SigningDecision:
-        request = signing_pb2.CheckAndRecordBlockRequest(
-            pubkey=key, slot=slot, signing_root=signing_root, genesis_validators_root=ZERO_ROOT
-        )
+        request = block_request(key, slot, signing_root)
         decision: signing_pb2.SigningDecision = self.signing.CheckAndRecordBlock(request, timeout=timeout).decision
         return decision
 
@@ -246,18 +78,6 @@ class Client:
     def health_status(self, timeout: float = 10) -> str:
         response = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
-
-
-def attestation_request(
-    key: bytes, source: int, target: int, signing_root: bytes
-) -> signing_pb2.CheckAndRecordAttestationRequest:
-    return signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=key,
-        source_epoch=source,
-        target_epoch=target,
-        signing_root=signing_root,
-        genesis_validators_root=ZERO_ROOT,
-    )
 
 
 @contextlib.contextmanager

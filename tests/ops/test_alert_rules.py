@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.support import REPO
 from tests.support.binaries import require_binary
+from tests.support.processes import REPOSITORY
 
 pytestmark = pytest.mark.timeout(120)
 
-RULES_DIR = REPO / "deploy" / "prometheus"
+RULES_DIR = REPOSITORY / "deploy" / "prometheus"
 RULES = RULES_DIR / "slashing-sidecar.rules.yml"
 RULE_TESTS = RULES_DIR / "slashing-sidecar.rules.test.yml"
-ALERTS_DOC = REPO / "docs" / "alerts.md"
+ALERTS_DOC = REPOSITORY / "docs" / "alerts.md"
 
 
 def alerts() -> list[dict[str, Any]]:

@@ -23,19 +23,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from slashing_protection.v1 import admin_pb2, interchange_pb2, interchange_pb2_grpc, signing_pb2
-from tests.ops.support import (
-    ZERO_ROOT_HEX,
-    Certificates,
-    Client,
-    Pem,
-    ServeProcess,
-    _make_leaf,
-    pubkey,
-    root,
-    run_cli,
-    serving,
-    tls_client,
-)
+from tests.ops.support import SERVE_OPTIONS, Certificates, Client, Pem, _make_leaf, tls_client
+from tests.support.keys import ZERO_ROOT_HEX, pubkey, signing_root
+from tests.support.processes import ServerProcess, run_cli, serve_command, serving
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -87,10 +77,12 @@ def tls_args(certs: Certificates) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[ServeProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[ServerProcess]:
     args = [*tls_args(certs), "--tls-signer-identity", SIGNER_CN, "--tls-signer-identity", BOTH_URI]
     env = {"SLASHING_SIDECAR_TLS_ADMIN_IDENTITY": f"{ADMIN_DNS},{BOTH_URI}"}
-    with serving(tmp_path_factory.mktemp("authz") / "data", *args, env=env) as process:
+    directory = tmp_path_factory.mktemp("authz")
+    command = serve_command(*SERVE_OPTIONS, *args, data_dir=directory / "data")
+    with serving(command, directory / "serve.log", env) as process:
         yield process
 
 
@@ -98,7 +90,7 @@ Connect = Callable[[Pem], Client]
 
 
 @pytest.fixture
-def connect(server: ServeProcess, certs: Certificates) -> Iterator[Connect]:
+def connect(server: ServerProcess, certs: Certificates) -> Iterator[Connect]:
     """Opens a mutual-TLS client presenting the given certificate; all closed at the end of the test."""
     with contextlib.ExitStack() as stack:
 
@@ -165,7 +157,7 @@ def reflected_services(client: Client) -> set[str]:
 # ---------------------------------------------------------------- each role
 
 
-def test_startup_line_names_the_identities(server: ServeProcess) -> None:
+def test_startup_line_names_the_identities(server: ServerProcess) -> None:
     line = server.wait_for(re.compile(r"serving on .*")).group(0)
     assert "mutual TLS, access by client identity" in line, line
     assert f"the signing service: {SIGNER_CN}, {BOTH_URI}" in line, line
@@ -176,7 +168,7 @@ def test_signer_signs_but_cannot_import_register_export_or_administer(connect: C
     signer, admin = connect(roles.signer), connect(roles.admin)
     key, stranger = pubkey(40), pubkey(41)
     admin.register(key)
-    assert signer.block(key, 1, root(1)).verdict == signing_pb2.VERDICT_ALLOWED
+    assert signer.block(key, 1, signing_root(1)).verdict == signing_pb2.VERDICT_ALLOWED
 
     error = denied(signer.register, stranger)
     assert SIGNER_CN in str(error.details()) and "--tls-admin-identity" in str(error.details())
@@ -191,7 +183,7 @@ def test_signer_signs_but_cannot_import_register_export_or_administer(connect: C
     )
     # Nothing the signer sent reached the store: the stranger is neither registered nor imported.
     assert not summary(admin, stranger).registered
-    refused = signer.block(stranger, 200, root(2))
+    refused = signer.block(stranger, 200, signing_root(2))
     assert refused.reason == signing_pb2.REASON_VALIDATOR_NOT_REGISTERED
 
 
@@ -205,11 +197,11 @@ def test_only_an_admin_may_set_show_or_remove_the_high_watermark(connect: Connec
     denied(signer.admin.RemoveHighWatermark, admin_pb2.RemoveHighWatermarkRequest(), timeout=10)
     # The denied Set changed nothing: no watermark, and the signer still signs.
     assert not admin.admin.GetHighWatermark(admin_pb2.GetHighWatermarkRequest(), timeout=10).set
-    assert signer.block(key, 30, root(9)).verdict == signing_pb2.VERDICT_ALLOWED
+    assert signer.block(key, 30, signing_root(9)).verdict == signing_pb2.VERDICT_ALLOWED
     try:
         response = admin.admin.SetHighWatermark(admin_pb2.SetHighWatermarkRequest(slot=31, epoch=0), timeout=10)
         assert (response.set, response.slot, response.epoch) == (True, 31, 0)
-        assert signer.block(key, 31, root(9)).reason == signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
+        assert signer.block(key, 31, signing_root(9)).reason == signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
     finally:
         admin.admin.RemoveHighWatermark(admin_pb2.RemoveHighWatermarkRequest(), timeout=10)
 
@@ -222,11 +214,11 @@ def test_admin_imports_registers_and_exports_but_cannot_sign(connect: Connect, r
     assert ("0x" + key.hex()).encode() in export_all(admin)
     assert summary(admin, key).registered
 
-    error = denied(admin.block, key, 20, root(3))
+    error = denied(admin.block, key, 20, signing_root(3))
     assert ADMIN_DNS in str(error.details()) and "--tls-signer-identity" in str(error.details())
-    denied(admin.attestation, key, 1, 2, root(3))
+    denied(admin.attestation, key, 1, 2, signing_root(3))
     # The refused call recorded nothing: the signer's different block at that slot is a new message.
-    decision = signer.block(key, 20, root(4))
+    decision = signer.block(key, 20, signing_root(4))
     assert (decision.verdict, decision.reason) == (signing_pb2.VERDICT_ALLOWED, signing_pb2.REASON_ALLOWED_NEW)
 
 
@@ -234,7 +226,7 @@ def test_a_certificate_named_in_both_roles_may_call_both(connect: Connect, roles
     both = connect(roles.both)
     key = pubkey(43)
     both.register(key)
-    assert both.attestation(key, 1, 2, root(5)).verdict == signing_pb2.VERDICT_ALLOWED
+    assert both.attestation(key, 1, 2, signing_root(5)).verdict == signing_pb2.VERDICT_ALLOWED
     assert summary(both, key).attestation_count == 1
     assert export_all(both).startswith(b"{")
 
@@ -245,19 +237,19 @@ def test_a_verified_client_named_nowhere_gets_only_health_and_reflection(connect
     assert "slashing_protection.v1.SlashingProtectionService" in reflected_services(bystander)
     key = pubkey(44)
     denied(bystander.register, key)
-    denied(bystander.block, key, 1, root(6))
+    denied(bystander.block, key, 1, signing_root(6))
     denied(import_document, bystander, interchange_document(key, 1))
 
 
 def test_each_denied_identity_is_logged_once_with_its_names(
-    server: ServeProcess,
+    server: ServerProcess,
     connect: Connect,
     roles: Roles,
 ) -> None:
     bystander = connect(roles.neither)
     for _ in range(5):
         denied(bystander.register, pubkey(45))
-    denied(bystander.block, pubkey(45), 1, root(7))
+    denied(bystander.block, pubkey(45), 1, signing_root(7))
     # The server logs a denial before answering it, and a checkpoint's line after the checkpoint: once the test has
     # read that line from the server's standard error, it has read every denial line before it.
     checkpoint = connect(roles.admin).admin.SaveCheckpoint(admin_pb2.SaveCheckpointRequest(), timeout=10)
@@ -279,12 +271,13 @@ def test_each_denied_identity_is_logged_once_with_its_names(
 def test_without_identity_options_any_verified_client_may_call_everything(
     tmp_path: Path, certs: Certificates, roles: Roles
 ) -> None:
-    with serving(tmp_path / "data", *tls_args(certs)) as open_server:
+    command = serve_command(*SERVE_OPTIONS, *tls_args(certs), data_dir=tmp_path / "data")
+    with serving(command, tmp_path / "serve.log") as open_server:
         line = open_server.wait_for(re.compile(r"serving on .*")).group(0)
         assert "any client with a certificate from the client CA may call every service" in line, line
         with tls_client(open_server.address, certs.ca.cert, roles.neither.key, roles.neither.cert) as client:
             client.register(pubkey(46))
-            assert client.block(pubkey(46), 1, root(8)).verdict == signing_pb2.VERDICT_ALLOWED
+            assert client.block(pubkey(46), 1, signing_root(8)).verdict == signing_pb2.VERDICT_ALLOWED
 
 
 @pytest.mark.parametrize("option", ["--tls-signer-identity", "--tls-admin-identity"])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.support import ServeProcess, held_calls, http_get, insecure_client
+from tests.ops.support import SERVE_OPTIONS, held_calls, http_get, insecure_client
+from tests.support.processes import ServerProcess, serve_command
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,9 +21,11 @@ def test_production_options_from_the_environment(tmp_path: Path) -> None:
         "SLASHING_SIDECAR_MAX_CONCURRENT_RPCS": "1",
         "SLASHING_SIDECAR_SHUTDOWN_GRACE": "7",
     }
-    server = ServeProcess(tmp_path / "data", env=env)
+    server = ServerProcess.launch(
+        serve_command(*SERVE_OPTIONS, data_dir=tmp_path / "data"), tmp_path / "serve.log", env
+    )
     try:
-        server.start()
+        server.wait_serving()
         assert http_get(server.metrics_port(), "/readyz")[0] == 200
         with insecure_client(server.address) as client:
             assert client.health_status() == "SERVING"
@@ -31,6 +34,6 @@ def test_production_options_from_the_environment(tmp_path: Path) -> None:
                 assert client.health_status() == "SERVING"
         assert server.stop() == 0
     finally:
-        server.kill()
+        server.ensure_dead()
     records = [json.loads(line) for line in server.lines]
     assert any(r["message"].startswith("shutting down") and "grace 7.0 s" in r["message"] for r in records)

@@ -31,26 +31,20 @@ import pytest
 import yaml
 
 from slashing_protection.v1 import interchange_pb2, interchange_pb2_grpc, signing_pb2
-from tests.ops.support import (
-    REPO,
-    ZERO_ROOT_HEX,
-    Client,
-    attestation_request,
-    insecure_client,
-    pubkey,
-    root,
-    serving,
-)
+from tests.ops.support import SERVE_OPTIONS, Client, insecure_client
 from tests.support.binaries import require_binary
+from tests.support.keys import ZERO_ROOT_HEX, pubkey, signing_root
+from tests.support.processes import REPOSITORY, serve_command, serving
+from tests.support.requests import batch_request
 
 pytestmark = pytest.mark.timeout(120)
 
-RULES = REPO / "deploy" / "prometheus" / "slashing-sidecar.rules.yml"
-DASHBOARD = REPO / "deploy" / "grafana" / "slashing-sidecar.json"
+RULES = REPOSITORY / "deploy" / "prometheus" / "slashing-sidecar.rules.yml"
+DASHBOARD = REPOSITORY / "deploy" / "grafana" / "slashing-sidecar.json"
 DEADLINE = 40.0  # generous: a noisy 2-core machine; the whole test usually takes 10-15 s
 # Grafana's variables, as Grafana would expand them for a short time range.
 GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "1s", "$instance": ".*"}
-KEYS = [pubkey(70, i) for i in range(16)]
+KEYS = [pubkey(70_000 + i) for i in range(16)]
 SLASHED_KEY = pubkey(71)
 UNREGISTERED_KEY = pubkey(73)
 
@@ -197,14 +191,12 @@ class Load:
             for epoch in range(10, 10 + self.MAX_ROUNDS):
                 if self._stop.is_set():
                     return
-                batch = [attestation_request(key, epoch - 1, epoch, root(epoch)) for key in KEYS]
-                self._client.signing.CheckAndRecordAttestations(
-                    signing_pb2.CheckAndRecordAttestationsRequest(attestations=batch), timeout=10
-                )
-                self._client.block(KEYS[epoch % len(KEYS)], epoch, root(epoch))
-                refused = self._client.attestation(KEYS[0], epoch + 1, epoch, root(1))
+                batch = [(key, epoch - 1, epoch, signing_root(epoch)) for key in KEYS]
+                self._client.signing.CheckAndRecordAttestations(batch_request(batch), timeout=10)
+                self._client.block(KEYS[epoch % len(KEYS)], epoch, signing_root(epoch))
+                refused = self._client.attestation(KEYS[0], epoch + 1, epoch, signing_root(1))
                 assert refused.reason == signing_pb2.REASON_SOURCE_EPOCH_GREATER_THAN_TARGET_EPOCH, refused
-                refused = self._client.block(UNREGISTERED_KEY, epoch, root(1))
+                refused = self._client.block(UNREGISTERED_KEY, epoch, signing_root(1))
                 assert refused.reason == signing_pb2.REASON_VALIDATOR_NOT_REGISTERED, refused
                 self.rounds += 1
                 self._stop.wait(0.02)
@@ -242,7 +234,10 @@ def interchange(keys: list[bytes]) -> bytes:
 @pytest.fixture
 def prometheus_and_sidecar(tmp_path: Path) -> Iterator[tuple[Prometheus, Client]]:
     require_binary("prometheus", "prometheus")
-    with serving(tmp_path / "data", "--metrics-listen", "127.0.0.1:0", "--checkpoint-interval", "1") as server:
+    options = ("--metrics-listen", "127.0.0.1:0", "--checkpoint-interval", "1")
+    with serving(
+        serve_command(*SERVE_OPTIONS, *options, data_dir=tmp_path / "data"), tmp_path / "serve.log"
+    ) as server:
         metrics_port = server.metrics_port()
         prometheus = Prometheus(tmp_path / "prometheus", metrics_port)
         try:
@@ -278,15 +273,15 @@ def test_dashboard_and_alerts_against_a_real_prometheus(prometheus_and_sidecar: 
 
     load = Load(client)
     try:
-        import_document(client, interchange([pubkey(72, i) for i in range(5)]))
+        import_document(client, interchange([pubkey(72_000 + i) for i in range(5)]))
         with pytest.raises(grpc.RpcError) as refused:
             import_document(client, b'{"metadata": ')
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         poll("load seen by Prometheus", lambda: prometheus.vector("sum(slashing_sidecar_decisions_total) > 200"))
 
         # The first slashable refusal.
-        assert client.attestation(SLASHED_KEY, 1, 2, root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
-        assert client.attestation(SLASHED_KEY, 1, 2, root(2)).reason == signing_pb2.REASON_DOUBLE_VOTE
+        assert client.attestation(SLASHED_KEY, 1, 2, signing_root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
+        assert client.attestation(SLASHED_KEY, 1, 2, signing_root(2)).reason == signing_pb2.REASON_DOUBLE_VOTE
         (alert,) = poll(
             "the slashable alert", lambda: firing(prometheus, "SlashingSidecarSlashableMessageRefused")
         )

@@ -18,15 +18,10 @@ import pytest
 
 from sidecar import __version__
 from slashing_protection.v1 import signing_pb2
-from tests.ops.support import (
-    Certificates,
-    Client,
-    ServeProcess,
-    attestation_request,
-    insecure_client,
-    pubkey,
-    root,
-)
+from tests.ops.support import SERVE_OPTIONS, Certificates, Client, insecure_client
+from tests.support.keys import pubkey, signing_root
+from tests.support.processes import ServerProcess, serve_command
+from tests.support.requests import batch_request
 from tests.support.server import running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,7 +32,7 @@ TEXT_LINE = re.compile(
 JSON_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LEVELS = {"debug", "info", "warning", "error", "critical"}
 ROOT_HEX = "0x" + "00" * 32
-LOADED = [pubkey(50, i) for i in range(3)]
+LOADED = [pubkey(50_000 + i) for i in range(3)]
 BLOCK_KEY, VOTE_A, VOTE_B = LOADED
 
 
@@ -66,31 +61,26 @@ def json_record(line: str) -> dict[str, Any]:
 def provoke_refusals(address: str) -> None:
     """One refused block, and a batch with two refused attestations: three refusals, one per key."""
     with insecure_client(address) as client:
-        assert client.block(BLOCK_KEY, 7, root(1)).verdict == signing_pb2.VERDICT_ALLOWED
-        assert client.block(BLOCK_KEY, 7, root(2)).reason == signing_pb2.REASON_DOUBLE_PROPOSAL
+        assert client.block(BLOCK_KEY, 7, signing_root(1)).verdict == signing_pb2.VERDICT_ALLOWED
+        assert client.block(BLOCK_KEY, 7, signing_root(2)).reason == signing_pb2.REASON_DOUBLE_PROPOSAL
         for key in (VOTE_A, VOTE_B):
-            assert client.attestation(key, 1, 2, root(3)).verdict == signing_pb2.VERDICT_ALLOWED
+            assert client.attestation(key, 1, 2, signing_root(3)).verdict == signing_pb2.VERDICT_ALLOWED
         batch = client.signing.CheckAndRecordAttestations(
-            signing_pb2.CheckAndRecordAttestationsRequest(
-                attestations=[
-                    attestation_request(VOTE_A, 1, 2, root(4)),
-                    attestation_request(VOTE_B, 1, 2, root(4)),
-                ]
-            ),
-            timeout=10,
+            batch_request([(VOTE_A, 1, 2, signing_root(4)), (VOTE_B, 1, 2, signing_root(4))]), timeout=10
         )
         assert [d.reason for d in batch.decisions] == [signing_pb2.REASON_DOUBLE_VOTE] * 2
 
 
 def run_session(data_dir: Path, *args: str) -> list[str]:
     """Starts, provokes refusals, stops with SIGTERM; returns every stderr line."""
-    server = ServeProcess(data_dir, "--strategy", "minimal", *args)
+    command = serve_command(*SERVE_OPTIONS, "--strategy", "minimal", *args, data_dir=data_dir)
+    server = ServerProcess.launch(command, data_dir.parent / "serve.log")
     try:
-        server.start()
+        server.wait_serving()
         provoke_refusals(server.address)
         assert server.stop(signal.SIGTERM) == 0, server.stderr
     finally:
-        server.kill()
+        server.ensure_dead()
     return server.lines
 
 
@@ -152,32 +142,37 @@ def test_json_format_is_one_object_per_line(data_dir: Path) -> None:
 
 
 def test_json_format_fatal_start_error_is_json(data_dir: Path) -> None:
-    server = ServeProcess(data_dir, "--log-format", "json", root_hex="0x" + "11" * 32)
+    command = serve_command(
+        *SERVE_OPTIONS, "--log-format", "json", "--genesis-validators-root", "0x" + "11" * 32, data_dir=data_dir
+    )
+    server = ServerProcess.launch(command, data_dir.parent / "serve.log")
     try:
         assert server.wait_exit(30) != 0
     finally:
-        server.kill()
+        server.ensure_dead()
     assert any("was created for genesis validators root" in line for line in server.lines), server.lines
     for line in server.lines:
         json_record(line)
 
 
 def test_json_format_stays_json_when_a_client_fails_the_tls_handshake(data_dir: Path, certs: Certificates) -> None:
-    server = ServeProcess(
-        data_dir,
+    command = serve_command(
+        *SERVE_OPTIONS,
         "--log-format",
         "json",
         "--tls-cert",
         str(certs.path("server.crt")),
         "--tls-key",
         str(certs.path("server.key")),
+        data_dir=data_dir,
     )
+    server = ServerProcess.launch(command, data_dir.parent / "serve.log")
     try:
-        server.start()
+        server.wait_serving()
         with insecure_client(server.address) as plaintext, pytest.raises(grpc.RpcError):
             plaintext.health_status(timeout=5)
         assert server.stop(signal.SIGTERM) == 0
     finally:
-        server.kill()
+        server.ensure_dead()
     for line in server.lines:
         json_record(line)

@@ -21,17 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.vocabulary import decision_series, spelling, verdict
 from slashing_protection.v1 import admin_pb2, signing_pb2
-from tests.ops.support import (
-    Client,
-    ServeProcess,
-    attestation_request,
-    http_get,
-    insecure_client,
-    pubkey,
-    root,
-    serving,
-)
+from tests.ops.support import SERVE_OPTIONS, Client, http_get, insecure_client
 from tests.storage.fakes import FaultyFileOps
+from tests.support.keys import pubkey, signing_root
+from tests.support.processes import ServerProcess, serve_command, serving
+from tests.support.requests import batch_request
 from tests.support.server import running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,18 +36,20 @@ ALLOWED_LABELS = {"kind", "verdict", "reason", "le", "outcome"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    with serving(tmp_path_factory.mktemp("metrics"), "--metrics-listen", "127.0.0.1:0") as process:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("metrics")
+    command = serve_command(*SERVE_OPTIONS, "--metrics-listen", "127.0.0.1:0", data_dir=directory / "data")
+    with serving(command, directory / "serve.log") as process:
         yield process
 
 
 @pytest.fixture(scope="module")
-def port(server: ServeProcess) -> int:
+def port(server: ServerProcess) -> int:
     return server.metrics_port()
 
 
 @pytest.fixture
-def client(server: ServeProcess) -> Iterator[Client]:
+def client(server: ServerProcess) -> Iterator[Client]:
     with insecure_client(server.address) as c:
         yield c
 
@@ -84,7 +80,7 @@ def decision_counts(samples: Samples) -> dict[tuple[str, str, str], float]:
     return counts
 
 
-def test_port_zero_is_bound_and_named_in_the_log(server: ServeProcess, port: int) -> None:
+def test_port_zero_is_bound_and_named_in_the_log(server: ServerProcess, port: int) -> None:
     assert port != 0
     assert http_get(port, "/healthz") == (200, "ok\n")
     assert http_get(port, "/nowhere")[0] == 404
@@ -108,21 +104,18 @@ def test_contract_metrics_are_exposed_with_their_types(port: int) -> None:
 
 
 def test_decisions_total_counts_every_decision_by_kind_verdict_and_reason(port: int, client: Client) -> None:
-    a, b, c = pubkey(10, 0), pubkey(10, 1), pubkey(10, 2)
+    a, b, c = pubkey(10_000), pubkey(10_001), pubkey(10_002)
     client.register(a, b, c)
     _, before, _ = scrape(port)
 
-    assert client.block(a, 5, root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
-    assert client.block(a, 5, root(1)).reason == signing_pb2.REASON_ALLOWED_REPEAT
-    assert client.block(a, 5, root(2)).reason == signing_pb2.REASON_DOUBLE_PROPOSAL
-    assert client.block(pubkey(10, 99), 5, root(1)).reason == signing_pb2.REASON_VALIDATOR_NOT_REGISTERED
-    assert client.attestation(b, 2, 3, root(3)).reason == signing_pb2.REASON_ALLOWED_NEW
-    assert client.attestation(b, 1, 4, root(4)).reason == signing_pb2.REASON_SURROUNDS_RECORDED_VOTE
+    assert client.block(a, 5, signing_root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
+    assert client.block(a, 5, signing_root(1)).reason == signing_pb2.REASON_ALLOWED_REPEAT
+    assert client.block(a, 5, signing_root(2)).reason == signing_pb2.REASON_DOUBLE_PROPOSAL
+    assert client.block(pubkey(10_099), 5, signing_root(1)).reason == signing_pb2.REASON_VALIDATOR_NOT_REGISTERED
+    assert client.attestation(b, 2, 3, signing_root(3)).reason == signing_pb2.REASON_ALLOWED_NEW
+    assert client.attestation(b, 1, 4, signing_root(4)).reason == signing_pb2.REASON_SURROUNDS_RECORDED_VOTE
     batch = client.signing.CheckAndRecordAttestations(
-        signing_pb2.CheckAndRecordAttestationsRequest(
-            attestations=[attestation_request(b, 3, 4, root(5)), attestation_request(c, 3, 4, root(5))]
-        ),
-        timeout=10,
+        batch_request([(b, 3, 4, signing_root(5)), (c, 3, 4, signing_root(5))]), timeout=10
     )
     assert [d.reason for d in batch.decisions] == [signing_pb2.REASON_ALLOWED_NEW] * 2
     rpcs = 7
@@ -149,7 +142,7 @@ def test_decisions_total_counts_every_decision_by_kind_verdict_and_reason(port: 
 
 def test_validators_gauge_follows_registrations(port: int, client: Client) -> None:
     before = value(scrape(port)[1], "slashing_sidecar_validators")
-    keys = [pubkey(11, i) for i in range(3)]
+    keys = [pubkey(11_000 + i) for i in range(3)]
     client.register(*keys)
     assert value(scrape(port)[1], "slashing_sidecar_validators") == before + 3
     client.register(*keys)
@@ -168,11 +161,11 @@ def test_checkpoint_age_grows_and_resets_on_a_checkpoint(port: int, client: Clie
 
 
 def test_no_metric_carries_a_pubkey(port: int, client: Client) -> None:
-    keys = [pubkey(12, i) for i in range(4)]
+    keys = [pubkey(12_000 + i) for i in range(4)]
     client.register(*keys)
     for slot, key in enumerate(keys, start=1):
-        client.block(key, slot, root(1))
-        client.block(key, slot, root(2))  # a refusal too: refusals must not be labelled by key either
+        client.block(key, slot, signing_root(1))
+        client.block(key, slot, signing_root(2))  # a refusal too: refusals must not be labelled by key either
     _, samples, text = scrape(port)
     assert text.count("\n") > 20
     for key in keys:
@@ -221,7 +214,10 @@ def test_readyz_is_503_as_soon_as_shutdown_begins(tmp_path: Path) -> None:
 def test_every_decision_series_and_import_outcome_exists_at_zero_from_the_start(tmp_path: Path) -> None:
     """Prometheus cannot see a series' first increase if the series appears already at 1 (see sidecar.metrics):
     a fresh server exposes every (kind, verdict, reason) it can ever count, and both import outcomes, at 0."""
-    with serving(tmp_path / "data", "--metrics-listen", "127.0.0.1:0", "--checkpoint-interval", "120") as process:
+    options = ("--metrics-listen", "127.0.0.1:0", "--checkpoint-interval", "120")
+    with serving(
+        serve_command(*SERVE_OPTIONS, *options, data_dir=tmp_path / "data"), tmp_path / "serve.log"
+    ) as process:
         _, samples, _ = scrape(process.metrics_port())
     counts = decision_counts(samples)
     assert counts == {(kind, verdict(reason), spelling(reason)): 0.0 for kind, reason in decision_series()}
@@ -265,7 +261,7 @@ def test_a_durability_failure_is_counted_and_serving_follows_it(tmp_path: Path) 
 
         fileops.fail("fdatasync", errno.EIO)
         with pytest.raises(grpc.RpcError) as caught:
-            client.block(key, 1, root(1))
+            client.block(key, 1, signing_root(1))
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
 
         def failed() -> bool:

@@ -18,17 +18,9 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from slashing_protection.v1 import admin_pb2, interchange_pb2, signing_pb2
-from tests.ops.support import (
-    ZERO_ROOT_HEX,
-    Client,
-    held_calls,
-    http_get,
-    insecure_client,
-    pubkey,
-    root,
-    serving,
-    watches,
-)
+from tests.ops.support import SERVE_OPTIONS, Client, held_calls, http_get, insecure_client, watches
+from tests.support.keys import ZERO_ROOT_HEX, pubkey, signing_root
+from tests.support.processes import serve_command, serving
 from tests.support.server import running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,7 +33,7 @@ def block_after_release(client: Client, key: bytes, slot: int) -> signing_pb2.Si
     deadline = time.monotonic() + 10
     while True:
         try:
-            return client.block(key, slot, root(slot))
+            return client.block(key, slot, signing_root(slot))
         except grpc.RpcError as error:
             if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
                 raise
@@ -49,8 +41,9 @@ def block_after_release(client: Client, key: bytes, slot: int) -> signing_pb2.Si
 
 
 def test_calls_beyond_the_maximum_are_exhausted_while_probes_still_answer(tmp_path: Path) -> None:
+    options = ("--max-concurrent-rpcs", str(LIMIT), "--metrics-listen", "127.0.0.1:0")
     with serving(
-        tmp_path / "data", "--max-concurrent-rpcs", str(LIMIT), "--metrics-listen", "127.0.0.1:0"
+        serve_command(*SERVE_OPTIONS, *options, data_dir=tmp_path / "data"), tmp_path / "serve.log"
     ) as server:
         metrics_port = server.metrics_port()
         key = pubkey(60)
@@ -58,11 +51,13 @@ def test_calls_beyond_the_maximum_are_exhausted_while_probes_still_answer(tmp_pa
             client.register(key)
             # Health watches are not counted: more of them than the limit leave room for a signing call.
             with watches(server.address, LIMIT + 2):
-                assert client.block(key, 1, root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
+                assert client.block(key, 1, signing_root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
             with held_calls(server.address, LIMIT):
                 # Signers are refused before anything is decided, several at once...
                 with ThreadPoolExecutor(max_workers=4) as pool:
-                    outcomes = list(pool.map(lambda _: _code_of(lambda: client.block(key, 2, root(2))), range(8)))
+                    outcomes = list(
+                        pool.map(lambda _: _code_of(lambda: client.block(key, 2, signing_root(2))), range(8))
+                    )
                 assert outcomes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 8
                 # ...while every probe says the process is alive and ready.
                 for service in ("", "slashing_protection.v1.SlashingProtectionService"):
@@ -102,7 +97,7 @@ def test_every_kind_of_call_works_under_a_limit_of_one_and_gives_its_slot_back(t
         reflection = reflection_pb2_grpc.ServerReflectionStub(running.channel)
         for slot in range(1, 4):
             client.register(key)
-            assert client.block(key, slot, root(slot)).reason == signing_pb2.REASON_ALLOWED_NEW
+            assert client.block(key, slot, signing_root(slot)).reason == signing_pb2.REASON_ALLOWED_NEW
             exported = b"".join(
                 r.chunk
                 for r in running.interchange.ExportInterchange(

@@ -19,7 +19,10 @@ import grpc
 import pytest
 
 from slashing_protection.v1 import signing_pb2
-from tests.ops.support import Client, ServeProcess, insecure_client, pubkey, root, run_cli
+from tests.ops.support import SERVE_OPTIONS, Client, insecure_client
+from tests.support.keys import pubkey, signing_root
+from tests.support.processes import ServerProcess, run_cli, serve_command
+from tests.support.requests import block_request
 from tests.support.server import running_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,7 +51,7 @@ class Signer:
 
     @property
     def key(self) -> bytes:
-        return pubkey(40, self.index)
+        return pubkey(40_000 + self.index)
 
     def sign(self, client: Client, n: int, signing_root: bytes, timeout: float = CALL_TIMEOUT):
         if self.kind == "block":
@@ -59,16 +62,16 @@ class Signer:
         with insecure_client(self.address) as client:
             n = 1
             while True:  # until the server stops answering: it is going away
-                signing_root = root(n * 100 + self.index)
+                message_root = signing_root(n * 100 + self.index)
                 try:
-                    decision = self.sign(client, n, signing_root)
+                    decision = self.sign(client, n, message_root)
                 except grpc.RpcError as error:
-                    self.failed, self.error = (n, signing_root), error
+                    self.failed, self.error = (n, message_root), error
                     return
                 if decision.verdict != signing_pb2.VERDICT_ALLOWED:
                     self.unexpected = decision
                     return
-                self.allowed.append((n, signing_root, decision.sequence))
+                self.allowed.append((n, message_root, decision.sequence))
                 n += 1
 
 
@@ -80,9 +83,10 @@ def checkpoints(data_dir: Path) -> list[int]:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_under_load_drains_persists_and_exits_zero(tmp_path: Path, signum: signal.Signals) -> None:
     data_dir = tmp_path / "data"
-    server = ServeProcess(data_dir, "--shutdown-grace", str(GRACE))
+    command = serve_command(*SERVE_OPTIONS, "--shutdown-grace", str(GRACE), data_dir=data_dir)
+    server = ServerProcess.launch(command, tmp_path / "serve.log")
     try:
-        server.start()
+        server.wait_serving()
         signers = [Signer(server.address, i, "block" if i % 2 else "attestation") for i in range(THREADS)]
         with insecure_client(server.address) as admin:
             admin.register(*(s.key for s in signers))
@@ -102,7 +106,7 @@ def test_signal_under_load_drains_persists_and_exits_zero(tmp_path: Path, signum
         for thread in threads:
             thread.join(CALL_TIMEOUT + 5)
     finally:
-        server.kill()
+        server.ensure_dead()
 
     assert code == 0, server.stderr
     assert exited_after < GRACE, f"exit took {exited_after:.1f} s, grace is {GRACE} s"
@@ -126,25 +130,23 @@ def test_signal_under_load_drains_persists_and_exits_zero(tmp_path: Path, signum
         client = Client(restarted.channel)
         for s in signers:
             # Every decision answered ALLOWED is known after the restart...
-            for n, signing_root, _ in s.allowed:
-                assert s.sign(client, n, signing_root).reason == signing_pb2.REASON_ALLOWED_REPEAT, (s.index, n)
+            for n, message_root, _ in s.allowed:
+                assert s.sign(client, n, message_root).reason == signing_pb2.REASON_ALLOWED_REPEAT, (s.index, n)
             n, _, _ = s.allowed[-1]
-            assert s.sign(client, n, root(1)).verdict == signing_pb2.VERDICT_REFUSED, (s.index, n)
+            assert s.sign(client, n, signing_root(1)).verdict == signing_pb2.VERDICT_REFUSED, (s.index, n)
             # ...and the call that failed was not decided behind the caller's back (in flight means finished).
             assert s.failed is not None
-            n, signing_root = s.failed
-            assert s.sign(client, n, signing_root).reason == signing_pb2.REASON_ALLOWED_NEW, (s.index, s.error)
+            n, message_root = s.failed
+            assert s.sign(client, n, message_root).reason == signing_pb2.REASON_ALLOWED_NEW, (s.index, s.error)
 
 
-def flood_through_sigterm(client: Client, key: bytes, server: ServeProcess) -> set[grpc.StatusCode]:
+def flood_through_sigterm(client: Client, key: bytes, server: ServerProcess) -> set[grpc.StatusCode]:
     """Keeps 32 calls outstanding; SIGTERM after 200; returns the codes of every call that failed."""
     codes: set[grpc.StatusCode] = set()
     window: collections.deque[grpc.Future] = collections.deque()
     failed = False
     for slot in range(1, 50_000):
-        request = signing_pb2.CheckAndRecordBlockRequest(
-            pubkey=key, slot=slot, signing_root=root(slot), genesis_validators_root=bytes(32)
-        )
+        request = block_request(key, slot, signing_root(slot))
         window.append(client.signing.CheckAndRecordBlock.future(request, timeout=CALL_TIMEOUT))
         if slot == 200:
             server.process.send_signal(signal.SIGTERM)
@@ -168,14 +170,15 @@ def test_calls_racing_shutdown_get_unavailable(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     codes: set[grpc.StatusCode] = set()
     for attempt in range(3):  # the race is likely on each attempt; three make it near certain
-        server = ServeProcess(data_dir, "--shutdown-grace", str(GRACE))
+        command = serve_command(*SERVE_OPTIONS, "--shutdown-grace", str(GRACE), data_dir=data_dir)
+        server = ServerProcess.launch(command, tmp_path / f"serve-{attempt}.log")
         try:
-            server.start()
-            key = pubkey(41, attempt)
+            server.wait_serving()
+            key = pubkey(41_000 + attempt)
             with insecure_client(server.address) as client:
                 client.register(key)
                 codes |= flood_through_sigterm(client, key, server)
             assert server.wait_exit(GRACE + 10) == 0, server.stderr
         finally:
-            server.kill()
+            server.ensure_dead()
         assert codes <= {grpc.StatusCode.UNAVAILABLE}, codes

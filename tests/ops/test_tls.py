@@ -14,17 +14,9 @@ import grpc
 import pytest
 
 from slashing_protection.v1 import signing_pb2
-from tests.ops.support import (
-    Certificates,
-    Client,
-    ServeProcess,
-    insecure_client,
-    pubkey,
-    root,
-    run_cli,
-    serving,
-    tls_client,
-)
+from tests.ops.support import SERVE_OPTIONS, Certificates, Client, insecure_client, tls_client
+from tests.support.keys import pubkey, signing_root
+from tests.support.processes import ServerProcess, run_cli, serve_command, serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,22 +33,28 @@ def tls_args(certs: Certificates, client_ca: bool) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[ServeProcess]:
+def tls_server(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[ServerProcess]:
     # On every interface: TLS needs no --insecure-listen there.
-    with serving(tmp_path_factory.mktemp("tls"), *tls_args(certs, client_ca=False), listen="0.0.0.0:0") as server:
+    directory = tmp_path_factory.mktemp("tls")
+    command = serve_command(
+        *SERVE_OPTIONS, *tls_args(certs, client_ca=False), data_dir=directory / "data", listen="0.0.0.0:0"
+    )
+    with serving(command, directory / "serve.log") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def mtls_server(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[ServeProcess]:
-    with serving(tmp_path_factory.mktemp("mtls"), *tls_args(certs, client_ca=True)) as server:
+def mtls_server(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("mtls")
+    command = serve_command(*SERVE_OPTIONS, *tls_args(certs, client_ca=True), data_dir=directory / "data")
+    with serving(command, directory / "serve.log") as server:
         yield server
 
 
 def sign_one(client: Client, tag: int) -> signing_pb2.SigningDecision:
     key = pubkey(tag)
     client.register(key)
-    return client.block(key, 1, root(tag))
+    return client.block(key, 1, signing_root(tag))
 
 
 def assert_refused(client: Client) -> grpc.RpcError:
@@ -88,7 +86,7 @@ def first_h2_bytes(port: int, certs: Certificates, client_cert: str | None) -> b
 # ---------------------------------------------------------------- server TLS
 
 
-def test_tls_client_trusting_the_ca_signs(tls_server: ServeProcess, certs: Certificates) -> None:
+def test_tls_client_trusting_the_ca_signs(tls_server: ServerProcess, certs: Certificates) -> None:
     assert tls_server.host == "0.0.0.0"
     with tls_client(tls_server.address, certs.ca.cert) as client:
         decision = sign_one(client, 1)
@@ -96,17 +94,17 @@ def test_tls_client_trusting_the_ca_signs(tls_server: ServeProcess, certs: Certi
     assert decision.reason == signing_pb2.REASON_ALLOWED_NEW
 
 
-def test_plaintext_client_cannot_talk_to_a_tls_server(tls_server: ServeProcess) -> None:
+def test_plaintext_client_cannot_talk_to_a_tls_server(tls_server: ServerProcess) -> None:
     with insecure_client(tls_server.address) as client:
         assert_refused(client)
 
 
-def test_client_not_trusting_the_server_certificate_fails(tls_server: ServeProcess, certs: Certificates) -> None:
+def test_client_not_trusting_the_server_certificate_fails(tls_server: ServerProcess, certs: Certificates) -> None:
     with tls_client(tls_server.address, certs.other_ca.cert) as client:
         assert_refused(client)
 
 
-def test_cli_health_over_tls(tls_server: ServeProcess, certs: Certificates) -> None:
+def test_cli_health_over_tls(tls_server: ServerProcess, certs: Certificates) -> None:
     done = run_cli("health", "--server", tls_server.address, "--tls-ca", str(certs.path("ca.crt")))
     assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
     # The same probe in plaintext cannot get an answer and says so with a non-zero exit.
@@ -120,7 +118,7 @@ def test_cli_health_over_tls(tls_server: ServeProcess, certs: Certificates) -> N
 
 
 def test_mtls_client_with_a_certificate_from_the_client_ca_signs(
-    mtls_server: ServeProcess, certs: Certificates
+    mtls_server: ServerProcess, certs: Certificates
 ) -> None:
     with tls_client(mtls_server.address, certs.ca.cert, certs.client.key, certs.client.cert) as client:
         decision = sign_one(client, 2)
@@ -129,10 +127,10 @@ def test_mtls_client_with_a_certificate_from_the_client_ca_signs(
 
 @pytest.mark.parametrize("who", ["no certificate", "certificate from another CA"])
 def test_mtls_refuses_clients_without_a_trusted_certificate(
-    mtls_server: ServeProcess, certs: Certificates, who: str
+    mtls_server: ServerProcess, certs: Certificates, who: str
 ) -> None:
     chain = certs.other_client if who == "certificate from another CA" else None
-    key = pubkey(3, 0 if chain is None else 1)
+    key = pubkey(3_000 + (0 if chain is None else 1))
     client_key, client_cert = (chain.key, chain.cert) if chain is not None else (None, None)
     with tls_client(mtls_server.address, certs.ca.cert, client_key, client_cert) as client:
         assert_refused(client)
@@ -141,13 +139,13 @@ def test_mtls_refuses_clients_without_a_trusted_certificate(
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     # Nothing it sent reached the service.
     with tls_client(mtls_server.address, certs.ca.cert, certs.client.key, certs.client.cert) as trusted:
-        decision = trusted.block(key, 1, root(3))
+        decision = trusted.block(key, 1, signing_root(3))
     assert decision.reason == signing_pb2.REASON_VALIDATOR_NOT_REGISTERED
 
 
 @pytest.mark.parametrize("client_cert", [None, "other_client"])
 def test_mtls_refusal_happens_at_the_tls_handshake(
-    mtls_server: ServeProcess, certs: Certificates, client_cert: str | None
+    mtls_server: ServerProcess, certs: Certificates, client_cert: str | None
 ) -> None:
     # Control: a trusted client gets the server's HTTP/2 SETTINGS frame right after the handshake.
     accepted = first_h2_bytes(mtls_server.port, certs, "client")
@@ -155,7 +153,7 @@ def test_mtls_refusal_happens_at_the_tls_handshake(
     assert first_h2_bytes(mtls_server.port, certs, client_cert) == b""
 
 
-def test_cli_health_with_client_certificate(mtls_server: ServeProcess, certs: Certificates) -> None:
+def test_cli_health_with_client_certificate(mtls_server: ServerProcess, certs: Certificates) -> None:
     ca = str(certs.path("ca.crt"))
     done = run_cli(
         "health",
@@ -192,7 +190,8 @@ def test_plaintext_on_a_non_loopback_address_is_refused(tmp_path: Path, listen: 
 
 
 def test_insecure_listen_allows_plaintext_on_a_non_loopback_address(tmp_path: Path) -> None:
-    with serving(tmp_path / "data", "--insecure-listen", listen="0.0.0.0:0") as server:
+    command = serve_command(*SERVE_OPTIONS, "--insecure-listen", data_dir=tmp_path / "data", listen="0.0.0.0:0")
+    with serving(command, tmp_path / "serve.log") as server:
         assert server.host == "0.0.0.0"
         with insecure_client(server.address) as client:
             assert client.health_status() == "SERVING"

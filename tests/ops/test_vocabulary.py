@@ -12,7 +12,7 @@ from sidecar.audit import DecisionRecord
 from sidecar.rules import Reason
 from sidecar.vocabulary import REASONS, SLASHABLE_REASONS, decision_series, proto_name, spelling
 from slashing_protection.v1 import signing_pb2
-from tests.ops.support import REPO
+from tests.support.processes import REPOSITORY
 
 SNAKE = re.compile(r"^[a-z]+(_[a-z]+)*$")
 
@@ -62,21 +62,25 @@ def test_the_cli_json_spells_the_reason_the_same_way() -> None:
 
 
 def test_the_operations_guide_lists_every_refusal_with_its_spelling_and_proto_name() -> None:
-    text = (REPO / "docs" / "operations.md").read_text()
+    text = (REPOSITORY / "docs" / "operations.md").read_text()
     for reason in Reason:
         if reason.allows:
             assert f"`{spelling(reason)}` (`{proto_name(reason)}`)" in text
         else:
             assert f"| `{spelling(reason)}` | `{proto_name(reason)}` |" in text
     # No third spelling: the bare enum name (DOUBLE_VOTE without the prefix) appears in none of the docs.
-    for document in (REPO / "docs" / "operations.md", REPO / "docs" / "alerts.md", REPO / "README.md"):
+    for document in (
+        REPOSITORY / "docs" / "operations.md",
+        REPOSITORY / "docs" / "alerts.md",
+        REPOSITORY / "README.md",
+    ):
         text = document.read_text()
         for reason in Reason:
             assert re.search(rf"(?<!REASON_)\b{reason.name}\b", text) is None, (document.name, reason.name)
 
 
 def test_the_alert_rules_match_exactly_the_slashable_reasons() -> None:
-    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "slashing-sidecar.rules.yml").read_text())
+    rules = yaml.safe_load((REPOSITORY / "deploy" / "prometheus" / "slashing-sidecar.rules.yml").read_text())
     (rule,) = [
         r
         for g in rules["groups"]

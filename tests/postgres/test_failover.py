@@ -26,10 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.crash.process import offline_command
+from sidecar.domain import Pubkey
 from tests.support.history_checker import History, Message, Outcome, allowed_in_database
+from tests.support.keys import pubkey
 from tests.support.postgres import PostgresServer, multi_host_url, private_server, wait_until
-from tests.support.signing_load import Replica, SigningLoad, ask, conflicting, pubkey_for, replica_processes
+from tests.support.processes import cli_in_process
+from tests.support.signing_load import Replica, SigningLoad, ask, conflicting, replica_processes
 
 ROOT = bytes.fromhex("4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95")
 SURVIVES = "a commit survives the loss of the primary (synchronous standby)"
@@ -46,7 +48,7 @@ class Drill:
     standby: PostgresServer
     url: str
     replicas: list[Replica]
-    validators: list[bytes]
+    validators: list[Pubkey]
     history: History = field(default_factory=History)
 
 
@@ -76,7 +78,7 @@ def drill(tmp_path: Path, synchronous: bool) -> Iterator[Drill]:
                 wait_until(lambda: primary.replication_state() == ("streaming", "sync"), 30, what="sync standby")
             url = multi_host_url([primary, standby], primary.create_database())
             with replica_processes(url, REPLICAS, ROOT, tmp_path) as replicas:
-                validators = [pubkey_for(index) for index in range(VALIDATORS)]
+                validators = [pubkey(index) for index in range(VALIDATORS)]
                 replicas[0].client.register(validators)
                 yield Drill(primary, standby, url, replicas, validators)
         finally:
@@ -186,8 +188,8 @@ def run_asynchronous_drill(tmp_path: Path, acknowledged_while_down: int) -> None
         d.primary.start()
         old_primary_url = d.primary.url(d.url.rsplit("/", 1)[1].split("?")[0])
         exported = tmp_path / "old-primary.json"
-        assert offline_command("export", str(exported), "--database-url", old_primary_url)[0] == 0
-        code, out, err = offline_command("import", str(exported), "--database-url", d.url)
+        assert cli_in_process("export", str(exported), "--database-url", old_primary_url)[0] == 0
+        code, out, err = cli_in_process("import", str(exported), "--database-url", d.url)
         assert code == 0, out + err
         after_import = probe_conflicts(d, kept)
     print(

@@ -17,8 +17,10 @@ from sidecar.postgres.schema import META_TABLE, MIGRATIONS, SCHEMA_VERSION
 from sidecar.rules import HighWatermark, Reason
 from sidecar.store import StoreOptions
 from slashing_protection.v1 import admin_pb2, signing_pb2
-from tests.postgres.test_resilience import PUBKEY, ROOT, attestation, block, replicas, root_of
+from tests.postgres.test_resilience import PUBKEY, ROOT, attestation, block, replicas
+from tests.support.keys import signing_root
 from tests.support.postgres import PostgresServer
+from tests.support.requests import register_request
 from tests.support.tcp_proxy import TcpProxy
 
 BEYOND = signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
@@ -26,23 +28,23 @@ BEYOND = signing_pb2.REASON_AT_OR_BEYOND_HIGH_WATERMARK
 
 def test_a_set_is_seen_by_every_replica_as_soon_as_it_returns(postgres_url: str) -> None:
     with replicas(postgres_url, 2) as (first, second):
-        first.admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
+        first.admin.RegisterValidators(register_request(PUBKEY))
         # The second replica decides first, so it holds a cached history of the key.
-        assert block(second, 99, root_of(1)).reason == signing_pb2.REASON_ALLOWED_NEW
-        assert attestation(second, 2, 3, root_of(2)).reason == signing_pb2.REASON_ALLOWED_NEW
+        assert block(second, 99, signing_root(1)).reason == signing_pb2.REASON_ALLOWED_NEW
+        assert attestation(second, 2, 3, signing_root(2)).reason == signing_pb2.REASON_ALLOWED_NEW
         response = first.admin.SetHighWatermark(admin_pb2.SetHighWatermarkRequest(slot=100, epoch=4), timeout=10)
         assert (response.set, response.slot, response.epoch) == (True, 100, 4)
-        assert block(second, 100, root_of(3)).reason == BEYOND
-        assert attestation(second, 3, 4, root_of(4)).reason == BEYOND
+        assert block(second, 100, signing_root(3)).reason == BEYOND
+        assert attestation(second, 3, 4, signing_root(4)).reason == BEYOND
         got = second.admin.GetHighWatermark(admin_pb2.GetHighWatermarkRequest(), timeout=10)
         assert (got.set, got.slot, got.epoch) == (True, 100, 4)
         # Moved up on the second replica: the first one signs up to it at once.
         second.admin.SetHighWatermark(admin_pb2.SetHighWatermarkRequest(slot=200, epoch=6), timeout=10)
-        assert block(first, 100, root_of(5)).reason == signing_pb2.REASON_ALLOWED_NEW
-        assert block(first, 200, root_of(6)).reason == BEYOND
+        assert block(first, 100, signing_root(5)).reason == signing_pb2.REASON_ALLOWED_NEW
+        assert block(first, 200, signing_root(6)).reason == BEYOND
         removed = first.admin.RemoveHighWatermark(admin_pb2.RemoveHighWatermarkRequest(), timeout=10)
         assert (removed.set, removed.slot, removed.epoch) == (False, 0, 0)
-        assert block(second, 200, root_of(6)).reason == signing_pb2.REASON_ALLOWED_NEW
+        assert block(second, 200, signing_root(6)).reason == signing_pb2.REASON_ALLOWED_NEW
 
 
 def test_a_set_waits_for_decisions_in_flight_and_a_decision_behind_it_reads_what_it_wrote(
@@ -71,7 +73,7 @@ def test_a_set_waits_for_decisions_in_flight_and_a_decision_behind_it_reads_what
                 setter.execute("BEGIN")
                 setter.execute("SELECT pg_advisory_xact_lock(%s)", (HIGH_WATERMARK_LOCK_KEY,))
                 setter.execute("INSERT INTO high_watermark (slot, epoch) VALUES (10, 1)")
-                deciding = asyncio.ensure_future(backend.check_and_record_block(PUBKEY, 100, root_of(1)))
+                deciding = asyncio.ensure_future(backend.check_and_record_block(PUBKEY, 100, signing_root(1)))
                 await asyncio.sleep(0.5)
                 assert not deciding.done(), "a decision went ahead while a Set held the watermark lock"
                 setter.execute("COMMIT")
@@ -93,15 +95,19 @@ def test_a_decision_costs_two_round_trips_with_a_watermark_set(
         try:
             await backend.register_validators([PUBKEY])
             await backend.set_high_watermark(3200, 100)
-            assert (await backend.check_and_record_block(PUBKEY, 1, root_of(1)))[0].reason is Reason.ALLOWED_NEW
+            assert (await backend.check_and_record_block(PUBKEY, 1, signing_root(1)))[
+                0
+            ].reason is Reason.ALLOWED_NEW
             costs = []
             for epoch in range(1, 6):
                 before = proxy.flights
-                decision, _ = await backend.check_and_record_attestation(PUBKEY, epoch, epoch + 1, root_of(epoch))
+                decision, _ = await backend.check_and_record_attestation(
+                    PUBKEY, epoch, epoch + 1, signing_root(epoch)
+                )
                 assert decision.reason is Reason.ALLOWED_NEW
                 costs.append(proxy.flights - before)
             before = proxy.flights
-            decision, _ = await backend.check_and_record_block(PUBKEY, 3200, root_of(2))
+            decision, _ = await backend.check_and_record_block(PUBKEY, 3200, signing_root(2))
             assert decision.reason is Reason.AT_OR_BEYOND_HIGH_WATERMARK
             refused = proxy.flights - before
             return min(costs), refused
@@ -134,8 +140,10 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_history(postgres_url: str
             assert backend.startup.validators == 1 and backend.startup.high_watermark is None
             assert await backend.high_watermark() is None
             await backend.set_high_watermark(64, 2)
-            assert (await backend.check_and_record_block(PUBKEY, 63, root_of(1)))[0].reason is Reason.ALLOWED_NEW
-            assert (await backend.check_and_record_block(PUBKEY, 64, root_of(2)))[0].reason is (
+            assert (await backend.check_and_record_block(PUBKEY, 63, signing_root(1)))[
+                0
+            ].reason is Reason.ALLOWED_NEW
+            assert (await backend.check_and_record_block(PUBKEY, 64, signing_root(2)))[0].reason is (
                 Reason.AT_OR_BEYOND_HIGH_WATERMARK
             )
         finally:

@@ -20,8 +20,9 @@ import psycopg
 import pytest
 
 from tests.support.history_checker import BlockMessage, History, Outcome, allowed_in_database
+from tests.support.keys import pubkey
 from tests.support.postgres import wait_until
-from tests.support.signing_load import Replica, SigningLoad, ask, pubkey_for, replica_processes, tcp_ports_of
+from tests.support.signing_load import Replica, SigningLoad, ask, replica_processes, tcp_ports_of
 
 ROOT = bytes.fromhex("4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95")
 VALIDATORS = 48
@@ -57,7 +58,7 @@ def freeze_holding_row_locks(victim: Replica, url: str) -> tuple[list[int], set[
 
 def run_replica_kill(tmp_path: Path, url: str, seconds_before: float, seconds_after: float) -> None:
     history = History()
-    validators = [pubkey_for(index) for index in range(VALIDATORS)]
+    validators = [pubkey(index) for index in range(VALIDATORS)]
     with replica_processes(url, 3, ROOT, tmp_path) as replicas:
         victim, survivors = replicas[0], replicas[1:]
         victim.client.register(validators)
@@ -77,8 +78,8 @@ def run_replica_kill(tmp_path: Path, url: str, seconds_before: float, seconds_af
                 wait_until(released, RELEASE_TIMEOUT, what="the killed replica's sessions to end")
             sessions_ended = time.monotonic() - killed
             # The validators it held, signed for through the others while the load goes on.
-            for index, pubkey in enumerate(sorted(locked)):
-                message = BlockMessage(pubkey, FRESH_SLOT + index, bytes([index + 1]) * 32)
+            for index, key in enumerate(sorted(locked)):
+                message = BlockMessage(key, FRESH_SLOT + index, bytes([index + 1]) * 32)
                 (outcome,) = ask(survivors[index % 2], history, [message], timeout=RELEASE_TIMEOUT)
                 assert outcome is Outcome.ALLOWED, f"{message} via a surviving replica: {outcome}"
             locked_signed = time.monotonic() - killed

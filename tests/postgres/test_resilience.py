@@ -20,7 +20,7 @@ from sidecar.errors import BackendUnavailableError
 from sidecar.postgres import PostgresBackend
 from sidecar.rules import Reason
 from sidecar.store import StoreOptions
-from slashing_protection.v1 import admin_pb2, signing_pb2
+from slashing_protection.v1 import signing_pb2
 from tests.support.history_checker import (
     AttestationMessage,
     BlockMessage,
@@ -29,17 +29,15 @@ from tests.support.history_checker import (
     allowed_in_database,
     outcome_of_error,
 )
+from tests.support.keys import ZERO_ROOT, pubkey, signing_root
 from tests.support.postgres import PostgresServer, wait_until
+from tests.support.requests import attestation_request, block_request, register_request
 from tests.support.server import Running, running_server
 from tests.support.tcp_proxy import TcpProxy
 
-ROOT = bytes(32)
-PUBKEY = bytes([0xB1]) * 48
+ROOT = ZERO_ROOT
+PUBKEY = pubkey(0xB1)
 ALLOWED = signing_pb2.VERDICT_ALLOWED
-
-
-def root_of(number: int) -> bytes:
-    return number.to_bytes(32, "big")
 
 
 @contextlib.contextmanager
@@ -49,21 +47,15 @@ def replicas(url: str, count: int) -> Iterator[list[Running]]:
 
 
 def block(server: Running, slot: int, root: bytes, timeout: float = 10) -> signing_pb2.SigningDecision:
-    request = signing_pb2.CheckAndRecordBlockRequest(
-        pubkey=PUBKEY, slot=slot, signing_root=root, genesis_validators_root=ROOT
-    )
     response: signing_pb2.CheckAndRecordBlockResponse = server.signing.CheckAndRecordBlock(
-        request, timeout=timeout
+        block_request(PUBKEY, slot, root, ROOT), timeout=timeout
     )
     return response.decision
 
 
 def attestation(server: Running, source: int, target: int, root: bytes) -> signing_pb2.SigningDecision:
-    request = signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=PUBKEY, source_epoch=source, target_epoch=target, signing_root=root, genesis_validators_root=ROOT
-    )
     response: signing_pb2.CheckAndRecordAttestationResponse = server.signing.CheckAndRecordAttestation(
-        request, timeout=10
+        attestation_request(PUBKEY, source, target, root, ROOT), timeout=10
     )
     return response.decision
 
@@ -83,7 +75,7 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
     rounds, contenders = 12, 9
     history = History()
     with replicas(postgres_url, 3) as servers:
-        servers[0].admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
+        servers[0].admin.RegisterValidators(register_request(PUBKEY))
         allowed_blocks = []
         with ThreadPoolExecutor(contenders) as pool:
             for number in range(1, rounds + 1):
@@ -91,7 +83,7 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
 
                 def contend_block(index: int, slot: int = number, barrier: threading.Barrier = barrier) -> bool:
                     barrier.wait()
-                    message = BlockMessage(PUBKEY, slot, root_of(index + 1))
+                    message = BlockMessage(PUBKEY, slot, signing_root(index + 1))
                     (outcome,) = history.attempt(
                         f"replica-{index % 3}",
                         [message],
@@ -101,7 +93,7 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
 
                 verdicts = list(pool.map(contend_block, range(contenders)))
                 assert verdicts.count(True) == 1, f"round {number}: {verdicts.count(True)} allowed"
-                allowed_blocks.append((number, root_of(verdicts.index(True) + 1)))
+                allowed_blocks.append((number, signing_root(verdicts.index(True) + 1)))
 
                 def contend_vote(
                     index: int, target: int = 2 * number, barrier: threading.Barrier = barrier
@@ -109,7 +101,7 @@ def test_three_replicas_race_and_exactly_one_is_allowed_per_round(postgres_url: 
                     barrier.wait()
                     # Alternately the same target (double votes) and surrounding spans (surround votes).
                     source = target - 1 if index % 2 else max(0, target - 1 - index)
-                    message = AttestationMessage(PUBKEY, source, target + index % 2, root_of(index + 1))
+                    message = AttestationMessage(PUBKEY, source, target + index % 2, signing_root(index + 1))
                     (outcome,) = history.attempt(
                         f"replica-{index % 3}",
                         [message],
@@ -153,7 +145,7 @@ def test_database_killed_under_load_allows_nothing_while_down_loses_nothing_and_
     history = History()
     stop = threading.Event()
     with replicas(postgres_url, 2) as servers:
-        servers[0].admin.RegisterValidators(admin_pb2.RegisterValidatorsRequest(pubkeys=[PUBKEY]))
+        servers[0].admin.RegisterValidators(register_request(PUBKEY))
 
         def propose(index: int, slot: int, root: bytes) -> str:
             """One call, recorded; returns "allowed", "refused" or the status's name."""
@@ -172,10 +164,10 @@ def test_database_killed_under_load_allows_nothing_while_down_loses_nothing_and_
             slot = index + 1
             while not stop.is_set():
                 sent = time.monotonic()
-                outcome = propose(index, slot, root_of(slot))
+                outcome = propose(index, slot, signing_root(slot))
                 outcomes.append((sent, time.monotonic(), slot, outcome))
                 # A double proposal through the other replica: refused whenever the first took effect.
-                propose(1 - index, slot, root_of(slot + 10**6))
+                propose(1 - index, slot, signing_root(slot + 10**6))
                 slot += 2
                 time.sleep(0.01)
 
@@ -224,39 +216,41 @@ def test_a_connection_cut_after_commit_is_never_allowed_and_a_retry_is_a_repeat(
         assert isinstance(backend, PostgresBackend)
         try:
             await backend.register_validators([PUBKEY])
-            assert (await backend.check_and_record_block(PUBKEY, 1, root_of(1)))[0].reason is Reason.ALLOWED_NEW
+            assert (await backend.check_and_record_block(PUBKEY, 1, signing_root(1)))[
+                0
+            ].reason is Reason.ALLOWED_NEW
             # Round trips per decision on a warm cache: the fewest over a few decisions (a connection the pool
             # opens meanwhile in the background would add its own).
             costs = []
             for epoch in range(1, 6):
                 before = proxy.flights
-                await backend.check_and_record_attestation(PUBKEY, epoch, epoch + 1, root_of(epoch))
+                await backend.check_and_record_attestation(PUBKEY, epoch, epoch + 1, signing_root(epoch))
                 costs.append(proxy.flights - before)
             before = proxy.flights
-            await backend.check_and_record_block(PUBKEY, 2, root_of(2))
+            await backend.check_and_record_block(PUBKEY, 2, signing_root(2))
             round_trips = min(*costs, proxy.flights - before)
             batch_costs = []
             for epoch in range(6, 9):
                 before = proxy.flights
                 await backend.check_and_record_attestations(
-                    [(PUBKEY, epoch, epoch + 1, root_of(epoch + 1))]  # type: ignore[list-item]
+                    [(PUBKEY, epoch, epoch + 1, signing_root(epoch + 1))]  # type: ignore[list-item]
                 )
                 batch_costs.append(proxy.flights - before)
             batch_round_trips = min(batch_costs)
             proxy.cut_commit_reply()
             with pytest.raises(BackendUnavailableError):
-                await backend.check_and_record_block(PUBKEY, 3, root_of(3))
+                await backend.check_and_record_block(PUBKEY, 3, signing_root(3))
             assert proxy.cuts == 1
             deadline = time.monotonic() + 10
             while True:
                 try:
-                    decision, _ = await backend.check_and_record_block(PUBKEY, 3, root_of(3))
+                    decision, _ = await backend.check_and_record_block(PUBKEY, 3, signing_root(3))
                     break
                 except BackendUnavailableError:
                     assert time.monotonic() < deadline, "no recovery after the cut"
                     await asyncio.sleep(0.1)
             assert decision.reason is Reason.ALLOWED_REPEAT
-            assert (await backend.check_and_record_block(PUBKEY, 3, root_of(4)))[
+            assert (await backend.check_and_record_block(PUBKEY, 3, signing_root(4)))[
                 0
             ].reason is Reason.DOUBLE_PROPOSAL
             return round_trips, batch_round_trips

@@ -1,5 +1,6 @@
-"""Shared pieces of the service tier: keys, request builders, one-line RPC helpers, a fingerprint of everything a
-client can observe, and a file layer that remembers what each fsync covered.
+"""Shared pieces of the service tier: one-line RPC helpers, a fingerprint of everything a client can observe, and a
+file layer that remembers what each fsync covered. Keys, roots and request messages come from `tests.support`
+(`keys`, `requests`), as for every tier.
 
 Everything here talks to a real server through real gRPC stubs (`tests.support.server.Running`); nothing
 reaches into the server's internals except `DurableImageFileOps`, which is the storage seam the server is built
@@ -22,6 +23,14 @@ import grpc
 from sidecar.storage.errors import StorageIOError
 from sidecar.storage.fileio import FileOps
 from slashing_protection.v1 import admin_pb2, interchange_pb2, signing_pb2
+from tests.support.keys import hex0x, pubkey, signing_root
+from tests.support.requests import (
+    AttestationItem,
+    attestation_request,
+    batch_request,
+    block_request,
+    register_request,
+)
 from tests.support.server import Running
 
 # Holesky's and mainnet's genesis validators roots: servers under test use ROOT; OTHER_ROOT is another network.
@@ -32,59 +41,12 @@ ALLOWED = signing_pb2.VERDICT_ALLOWED
 REFUSED = signing_pb2.VERDICT_REFUSED
 ALLOWING_REASONS = {signing_pb2.REASON_ALLOWED_NEW, signing_pb2.REASON_ALLOWED_REPEAT}
 
-# Attestation items as the batch helpers take them: (pubkey, source_epoch, target_epoch, signing_root).
-AttestationItem = tuple[bytes, int, int, bytes]
-
-
-def pubkey(number: int) -> bytes:
-    """A distinct 48-byte key per number (not a BLS point: the sidecar never needs one)."""
-    return b"\xa5" + number.to_bytes(47, "big")
-
-
-def signing_root(number: int) -> bytes:
-    """A distinct 32-byte root per number; `signing_root(0)` is the all-zero root, a value like any other."""
-    return number.to_bytes(32, "big")
-
-
-def hex0x(value: bytes) -> str:
-    return "0x" + value.hex()
-
-
-# ------------------------------------------------------------------------------------------------ requests
-
-
-def block_request(
-    key: bytes, slot: int, root: bytes, genesis_validators_root: bytes = ROOT
-) -> signing_pb2.CheckAndRecordBlockRequest:
-    return signing_pb2.CheckAndRecordBlockRequest(
-        pubkey=key, slot=slot, signing_root=root, genesis_validators_root=genesis_validators_root
-    )
-
-
-def attestation_request(
-    key: bytes, source_epoch: int, target_epoch: int, root: bytes, genesis_validators_root: bytes = ROOT
-) -> signing_pb2.CheckAndRecordAttestationRequest:
-    return signing_pb2.CheckAndRecordAttestationRequest(
-        pubkey=key,
-        source_epoch=source_epoch,
-        target_epoch=target_epoch,
-        signing_root=root,
-        genesis_validators_root=genesis_validators_root,
-    )
-
-
-def batch_request(items: Iterable[AttestationItem]) -> signing_pb2.CheckAndRecordAttestationsRequest:
-    return signing_pb2.CheckAndRecordAttestationsRequest(
-        attestations=[attestation_request(*item) for item in items]
-    )
-
-
 # ------------------------------------------------------------------------------------------------ calls
 
 
 def sign_block(server: Running, key: bytes, slot: int, root: bytes) -> signing_pb2.SigningDecision:
     decision: signing_pb2.SigningDecision = server.signing.CheckAndRecordBlock(
-        block_request(key, slot, root)
+        block_request(key, slot, root, ROOT)
     ).decision
     return decision
 
@@ -93,19 +55,17 @@ def sign_attestation(
     server: Running, key: bytes, source_epoch: int, target_epoch: int, root: bytes
 ) -> signing_pb2.SigningDecision:
     decision: signing_pb2.SigningDecision = server.signing.CheckAndRecordAttestation(
-        attestation_request(key, source_epoch, target_epoch, root)
+        attestation_request(key, source_epoch, target_epoch, root, ROOT)
     ).decision
     return decision
 
 
 def sign_batch(server: Running, items: Sequence[AttestationItem]) -> list[signing_pb2.SigningDecision]:
-    return list(server.signing.CheckAndRecordAttestations(batch_request(items)).decisions)
+    return list(server.signing.CheckAndRecordAttestations(batch_request(items, ROOT)).decisions)
 
 
 def register(server: Running, *keys: bytes) -> admin_pb2.RegisterValidatorsResponse:
-    response: admin_pb2.RegisterValidatorsResponse = server.admin.RegisterValidators(
-        admin_pb2.RegisterValidatorsRequest(pubkeys=list(keys))
-    )
+    response: admin_pb2.RegisterValidatorsResponse = server.admin.RegisterValidators(register_request(*keys))
     return response
 
 

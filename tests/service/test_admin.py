@@ -10,17 +10,16 @@ from tests.service.helpers import (
     ROOT,
     DurableImageFileOps,
     assert_decision,
-    block_request,
     decisions,
-    pubkey,
     register,
     settled_decisions,
     sign_attestation,
     sign_batch,
     sign_block,
-    signing_root,
     summary,
 )
+from tests.support.keys import pubkey, signing_root
+from tests.support.requests import block_request
 from tests.support.server import Running, running_server
 
 A, B = signing_root(0xA), signing_root(0xB)
@@ -188,7 +187,7 @@ def test_audit_trail_shows_every_answered_decision(tmp_path: Path) -> None:
     with running_server(tmp_path / "db", ROOT, fileops=fileops) as server:
         register(server, signer)
         fileops.sync_delay = 1.0
-        pending = server.signing.CheckAndRecordBlock.future(block_request(signer, 1, A))
+        pending = server.signing.CheckAndRecordBlock.future(block_request(signer, 1, A, ROOT))
         # The flusher writes a record, then fsyncs it: once the block is in the file, the slow fsync has begun.
         settled_decisions(server, signer, count=1)
         refused = sign_block(server, stranger, 1, A)

@@ -25,22 +25,18 @@ from tests.service.helpers import (
     OTHER_ROOT,
     ROOT,
     Entry,
-    attestation_request,
-    batch_request,
-    block_request,
     fingerprint,
-    hex0x,
     import_chunks,
     interchange_document,
     interchange_json,
     probe_sequence,
-    pubkey,
     register,
     rpc_error,
     sign_attestation,
     sign_block,
-    signing_root,
 )
+from tests.support.keys import hex0x, pubkey, signing_root
+from tests.support.requests import attestation_request, batch_request, block_request, register_request
 from tests.support.server import Running, running_server
 
 KNOWN = pubkey(1)  # registered, with a block and an attestation
@@ -93,7 +89,7 @@ def _ids(item: tuple[str, int]) -> str:
 @pytest.mark.parametrize("field_length", FIELD_LENGTHS, ids=_ids)
 def test_block_with_a_wrong_byte_length(shared: Running, field_length: tuple[str, int]) -> None:
     field, length = field_length
-    request = block_request(KNOWN, 11, ROOT_A)
+    request = block_request(KNOWN, 11, ROOT_A, ROOT)
     setattr(request, field, with_length(getattr(request, field), length))
     assert_refused_without_change(
         shared,
@@ -106,7 +102,7 @@ def test_block_with_a_wrong_byte_length(shared: Running, field_length: tuple[str
 @pytest.mark.parametrize("field_length", FIELD_LENGTHS, ids=_ids)
 def test_attestation_with_a_wrong_byte_length(shared: Running, field_length: tuple[str, int]) -> None:
     field, length = field_length
-    request = attestation_request(KNOWN, 2, 3, ROOT_A)
+    request = attestation_request(KNOWN, 2, 3, ROOT_A, ROOT)
     setattr(request, field, with_length(getattr(request, field), length))
     assert_refused_without_change(
         shared,
@@ -120,7 +116,7 @@ def test_attestation_with_a_wrong_byte_length(shared: Running, field_length: tup
 def test_batch_item_with_a_wrong_byte_length(shared: Running, field_length: tuple[str, int]) -> None:
     """The bad item comes second: the valid first item must not be recorded either."""
     field, length = field_length
-    request = batch_request([(EMPTY, 5, 6, ROOT_A), (KNOWN, 2, 3, ROOT_A)])
+    request = batch_request([(EMPTY, 5, 6, ROOT_A), (KNOWN, 2, 3, ROOT_A)], ROOT)
     bad = request.attestations[1]
     setattr(bad, field, with_length(getattr(bad, field), length))
     assert_refused_without_change(
@@ -149,7 +145,7 @@ def test_wrong_genesis_validators_root_on_an_attestation(shared: Running) -> Non
 
 
 def test_wrong_genesis_validators_root_on_a_later_batch_item(shared: Running) -> None:
-    request = batch_request([(EMPTY, 5, 6, ROOT_A), (KNOWN, 2, 3, ROOT_A)])
+    request = batch_request([(EMPTY, 5, 6, ROOT_A), (KNOWN, 2, 3, ROOT_A)], ROOT)
     request.attestations[1].genesis_validators_root = OTHER_ROOT
     assert_refused_without_change(
         shared,
@@ -170,13 +166,13 @@ def test_wrong_genesis_validators_root_on_an_unregistered_key(shared: Running) -
 def test_empty_batch(shared: Running) -> None:
     assert_refused_without_change(
         shared,
-        lambda: rpc_error(shared.signing.CheckAndRecordAttestations, batch_request([])),
+        lambda: rpc_error(shared.signing.CheckAndRecordAttestations, batch_request([], ROOT)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
 
 
 def test_batch_naming_one_pubkey_twice(shared: Running) -> None:
-    request = batch_request([(KNOWN, 2, 3, ROOT_A), (EMPTY, 5, 6, ROOT_A), (KNOWN, 3, 4, ROOT_A)])
+    request = batch_request([(KNOWN, 2, 3, ROOT_A), (EMPTY, 5, 6, ROOT_A), (KNOWN, 3, 4, ROOT_A)], ROOT)
     assert_refused_without_change(
         shared,
         lambda: rpc_error(shared.signing.CheckAndRecordAttestations, request),
@@ -187,7 +183,7 @@ def test_batch_naming_one_pubkey_twice(shared: Running) -> None:
 def test_batch_over_the_cap(shared: Running) -> None:
     """One item over the cap, every key distinct: only the size is wrong."""
     items = [(pubkey(100_000 + index), 1, 2, ROOT_A) for index in range(MAX_BATCH_SIZE + 1)]
-    request = batch_request(items)
+    request = batch_request(items, ROOT)
     assert_refused_without_change(
         shared,
         lambda: rpc_error(shared.signing.CheckAndRecordAttestations, request),
@@ -200,7 +196,7 @@ def test_batch_over_the_cap(shared: Running) -> None:
 
 @pytest.mark.parametrize("length", [0, 47, 49])
 def test_register_with_a_wrong_length_registers_none_of_the_batch(shared: Running, length: int) -> None:
-    request = admin_pb2.RegisterValidatorsRequest(pubkeys=[NEW, with_length(NEW, length)])
+    request = register_request(NEW, with_length(NEW, length))
     assert_refused_without_change(
         shared, lambda: rpc_error(shared.admin.RegisterValidators, request), grpc.StatusCode.INVALID_ARGUMENT
     )
@@ -209,7 +205,7 @@ def test_register_with_a_wrong_length_registers_none_of_the_batch(shared: Runnin
 def test_register_nothing(shared: Running) -> None:
     assert_refused_without_change(
         shared,
-        lambda: rpc_error(shared.admin.RegisterValidators, admin_pb2.RegisterValidatorsRequest()),
+        lambda: rpc_error(shared.admin.RegisterValidators, register_request()),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
 
@@ -395,5 +391,5 @@ def test_unknown_pubkey_in_export_is_not_found(shared: Running) -> None:
 
 def test_a_well_formed_call_on_the_same_server_is_answered(shared: Running) -> None:
     """A well-formed call on the same server is answered OK: the refusals above come from the input alone."""
-    response = shared.signing.CheckAndRecordBlock(block_request(EMPTY, 1, ROOT_A))
+    response = shared.signing.CheckAndRecordBlock(block_request(EMPTY, 1, ROOT_A, ROOT))
     assert response.decision.verdict == signing_pb2.VERDICT_ALLOWED

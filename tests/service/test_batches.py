@@ -14,15 +14,14 @@ from tests.service.helpers import (
     assert_decision,
     decisions,
     export_document,
-    pubkey,
     register,
     settled_decisions,
     sign_attestation,
     sign_batch,
     sign_block,
-    signing_root,
     summary,
 )
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import Running, running_server
 
 R = signing_pb2

@@ -12,19 +12,11 @@ from typing import Any
 import grpc
 import pytest
 
+from sidecar.domain import Pubkey
 from slashing_protection.v1 import signing_pb2, signing_pb2_grpc
-from tests.service.helpers import (
-    ROOT,
-    attestation_request,
-    batch_request,
-    block_request,
-    export_document,
-    hex0x,
-    pubkey,
-    register,
-    signing_root,
-    summary,
-)
+from tests.service.helpers import ROOT, export_document, register, summary
+from tests.support.keys import hex0x, pubkey, signing_root
+from tests.support.requests import attestation_request, batch_request, block_request
 from tests.support.server import Running, running_server
 
 THREADS = 16
@@ -73,7 +65,7 @@ def racing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, 
 _next_key = iter(range(1, 100_000))
 
 
-def fresh_keys(server: Running, count: int) -> list[bytes]:
+def fresh_keys(server: Running, count: int) -> list[Pubkey]:
     keys = [pubkey(next(_next_key)) for _ in range(count)]
     register(server, *keys)
     return keys
@@ -110,7 +102,9 @@ def test_double_proposal_race(racing: tuple[Running, Racers], round_number: int)
     key = fresh_key(server)
 
     def propose(stub: Any, index: int) -> list[signing_pb2.SigningDecision]:
-        return [stub.CheckAndRecordBlock(block_request(key, 100 + round_number, signing_root(index))).decision]
+        return [
+            stub.CheckAndRecordBlock(block_request(key, 100 + round_number, signing_root(index), ROOT)).decision
+        ]
 
     results = [only(r) for r in racers.race(propose)]
 
@@ -126,7 +120,7 @@ def test_double_vote_race(racing: tuple[Running, Racers], round_number: int) -> 
     target = 10 + round_number
 
     def vote(stub: Any, index: int) -> list[signing_pb2.SigningDecision]:
-        request = attestation_request(key, target - 1, target, signing_root(index))
+        request = attestation_request(key, target - 1, target, signing_root(index), ROOT)
         return [stub.CheckAndRecordAttestation(request).decision]
 
     results = [only(r) for r in racers.race(vote)]
@@ -144,7 +138,7 @@ def test_surround_vote_race(racing: tuple[Running, Racers], round_number: int) -
     base = 1000 * round_number
 
     def vote(stub: Any, index: int) -> list[signing_pb2.SigningDecision]:
-        request = attestation_request(key, base + index, base + 100 - index, signing_root(index))
+        request = attestation_request(key, base + index, base + 100 - index, signing_root(index), ROOT)
         return [stub.CheckAndRecordAttestation(request).decision]
 
     results = [only(r) for r in racers.race(vote)]
@@ -162,7 +156,9 @@ def test_double_vote_race_inside_batches(racing: tuple[Running, Racers], round_n
     contested, *own = fresh_keys(server, THREADS + 1)
 
     def batch(stub: Any, index: int) -> list[signing_pb2.SigningDecision]:
-        request = batch_request([(own[index], 1, 2, signing_root(index)), (contested, 1, 2, signing_root(index))])
+        request = batch_request(
+            [(own[index], 1, 2, signing_root(index)), (contested, 1, 2, signing_root(index))], ROOT
+        )
         return list(stub.CheckAndRecordAttestations(request).decisions)
 
     results = racers.race(batch)

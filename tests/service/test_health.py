@@ -18,16 +18,13 @@ from tests.service.helpers import (
     ROOT,
     DurableImageFileOps,
     assert_decision,
-    attestation_request,
-    batch_request,
-    block_request,
-    pubkey,
     register,
     rpc_error,
     sign_block,
-    signing_root,
     summary,
 )
+from tests.support.keys import pubkey, signing_root
+from tests.support.requests import attestation_request, batch_request, block_request, register_request
 from tests.support.server import Running, running_server
 
 SIGNING_SERVICE = "slashing_protection.v1.SlashingProtectionService"
@@ -56,9 +53,9 @@ def wait_for_status(server: Running, expected: int, timeout: float = 10.0) -> No
 def signing_calls(server: Running) -> list[Callable[[], grpc.RpcError]]:
     key = pubkey(1)
     return [
-        lambda: rpc_error(server.signing.CheckAndRecordBlock, block_request(key, 1, A)),
-        lambda: rpc_error(server.signing.CheckAndRecordAttestation, attestation_request(key, 1, 2, A)),
-        lambda: rpc_error(server.signing.CheckAndRecordAttestations, batch_request([(key, 1, 2, A)])),
+        lambda: rpc_error(server.signing.CheckAndRecordBlock, block_request(key, 1, A, ROOT)),
+        lambda: rpc_error(server.signing.CheckAndRecordAttestation, attestation_request(key, 1, 2, A, ROOT)),
+        lambda: rpc_error(server.signing.CheckAndRecordAttestations, batch_request([(key, 1, 2, A)], ROOT)),
     ]
 
 
@@ -79,7 +76,7 @@ def test_not_serving_and_unavailable_until_recovery(tmp_path: Path) -> None:
         for call in signing_calls(server):
             assert call().code() == grpc.StatusCode.UNAVAILABLE
         other_calls: list[tuple[Any, Any]] = [
-            (server.admin.RegisterValidators, admin_pb2.RegisterValidatorsRequest(pubkeys=[pubkey(1)])),
+            (server.admin.RegisterValidators, register_request(pubkey(1))),
             (server.admin.GetValidatorSummary, admin_pb2.GetValidatorSummaryRequest(pubkey=pubkey(1))),
             (server.admin.SaveCheckpoint, admin_pb2.SaveCheckpointRequest()),
             (server.admin.ListDecisions, admin_pb2.ListDecisionsRequest()),
@@ -139,7 +136,7 @@ def test_not_serving_while_the_log_cannot_be_made_durable(tmp_path: Path) -> Non
         register(server, key)
         fileops.fail_syncs = True
 
-        error = rpc_error(server.signing.CheckAndRecordBlock, block_request(key, 10, A))
+        error = rpc_error(server.signing.CheckAndRecordBlock, block_request(key, 10, A, ROOT))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         wait_for_status(server, NOT_SERVING)
         for call in signing_calls(server):

@@ -14,16 +14,15 @@ from tests.service.helpers import (
     ROOT,
     assert_decision,
     probe_sequence,
-    pubkey,
     register,
     rpc_error,
     settled_decisions,
     sign_attestation,
     sign_batch,
     sign_block,
-    signing_root,
     summary,
 )
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import Running, running_server
 
 R = signing_pb2

@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.service import MAX_BATCH_SIZE
 from slashing_protection.v1 import interchange_pb2, signing_pb2
-from tests.service.helpers import ROOT, attestation_request, pubkey, rpc_error, signing_root
+from tests.service.helpers import ROOT, rpc_error
 from tests.service.test_bad_input import (
     EMPTY,
     KNOWN,
@@ -24,6 +24,8 @@ from tests.service.test_bad_input import (
     assert_refused_without_change,
     shared,  # noqa: F401 (the module's server fixture)
 )
+from tests.support.keys import pubkey, signing_root
+from tests.support.requests import AttestationItem, attestation_request, batch_request, block_request
 from tests.support.server import Running
 
 GRPC_DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
@@ -34,14 +36,15 @@ def garbage_batch(rng: random.Random, count: int) -> signing_pb2.CheckAndRecordA
     items = []
     for _ in range(count):
         items.append(
-            signing_pb2.CheckAndRecordAttestationRequest(
-                pubkey=rng.randbytes(rng.choice((0, 1, 47, 49, 96))),
-                source_epoch=rng.randrange(2**64),
-                target_epoch=rng.randrange(2**64),
-                signing_root=rng.randbytes(rng.choice((0, 31, 33, 32))),
-                genesis_validators_root=rng.randbytes(rng.choice((0, 31, 33))),
+            attestation_request(
+                rng.randbytes(rng.choice((0, 1, 47, 49, 96))),
+                rng.randrange(2**64),
+                rng.randrange(2**64),
+                rng.randbytes(rng.choice((0, 31, 33, 32))),
+                rng.randbytes(rng.choice((0, 31, 33))),
             )
         )
+    # Each item names a genesis root of its own: batch_request's one root for all would not do.
     return signing_pb2.CheckAndRecordAttestationsRequest(attestations=items)
 
 
@@ -57,11 +60,9 @@ def test_a_full_batch_of_garbage(shared: Running, seed: int) -> None:  # noqa: F
 
 def test_a_full_batch_whose_last_item_alone_is_garbage(shared: Running) -> None:  # noqa: F811
     """9,999 well-formed attestations for keys never registered, then one with a 47-byte key: refused whole."""
-    items = [
-        attestation_request(pubkey(200_000 + index), 1, 2, ROOT_A, ROOT) for index in range(MAX_BATCH_SIZE - 1)
-    ]
-    items.append(attestation_request(pubkey(300_000)[:47], 1, 2, ROOT_A, ROOT))
-    request = signing_pb2.CheckAndRecordAttestationsRequest(attestations=items)
+    items: list[AttestationItem] = [(pubkey(200_000 + index), 1, 2, ROOT_A) for index in range(MAX_BATCH_SIZE - 1)]
+    items.append((pubkey(300_000)[:47], 1, 2, ROOT_A))
+    request = batch_request(items, ROOT)
     assert_refused_without_change(
         shared,
         lambda: rpc_error(shared.signing.CheckAndRecordAttestations, request, timeout=30),
@@ -71,9 +72,7 @@ def test_a_full_batch_whose_last_item_alone_is_garbage(shared: Running) -> None:
 
 def padded_block_request(total_size: int) -> signing_pb2.CheckAndRecordBlockRequest:
     """A block request for a registered key whose signing root is padded so the message is `total_size` bytes."""
-    request = signing_pb2.CheckAndRecordBlockRequest(
-        pubkey=KNOWN, slot=99, signing_root=b"", genesis_validators_root=ROOT
-    )
+    request = block_request(KNOWN, 99, b"", ROOT)
     overhead = request.ByteSize()
     length = total_size - overhead
     # The length prefix grows with the length: settle the padding so the message lands exactly on total_size.

@@ -13,17 +13,15 @@ from tests.service.helpers import (
     Entry,
     assert_decision,
     export_document,
-    hex0x,
     import_chunks,
     import_document,
     interchange_document,
-    pubkey,
     register,
     sign_attestation,
     sign_block,
-    signing_root,
     summary,
 )
+from tests.support.keys import hex0x, pubkey, signing_root
 from tests.support.server import Running, running_server
 
 A, B, C = signing_root(0xA), signing_root(0xB), signing_root(0xC)

@@ -16,16 +16,15 @@ from tests.service.helpers import (
     ROOT,
     DurableImageFileOps,
     assert_decision,
-    block_request,
     decisions,
-    pubkey,
     register,
     rpc_error,
     settled_decisions,
     sign_block,
-    signing_root,
     summary,
 )
+from tests.support.keys import pubkey, signing_root
+from tests.support.requests import block_request
 from tests.support.server import running_server
 
 A, B = signing_root(0xA), signing_root(0xB)
@@ -47,7 +46,7 @@ def test_calls_beyond_the_limit_are_exhausted_while_one_is_held(tmp_path: Path) 
         try:
             deadline = time.monotonic() + 5
             while True:  # the held call is in flight once a signing call bounces off it
-                error = rpc_error(server.signing.CheckAndRecordBlock, block_request(keys[0], 1, A))
+                error = rpc_error(server.signing.CheckAndRecordBlock, block_request(keys[0], 1, A, ROOT))
                 if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
@@ -55,7 +54,8 @@ def test_calls_beyond_the_limit_are_exhausted_while_one_is_held(tmp_path: Path) 
             with ThreadPoolExecutor(max_workers=len(keys)) as pool:
                 errors = list(
                     pool.map(
-                        lambda key: rpc_error(server.signing.CheckAndRecordBlock, block_request(key, 1, A)), keys
+                        lambda key: rpc_error(server.signing.CheckAndRecordBlock, block_request(key, 1, A, ROOT)),
+                        keys,
                     )
                 )
             assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -85,7 +85,7 @@ def test_parallel_signers_beyond_the_limit(tmp_path: Path) -> None:
                 return (
                     key,
                     grpc.StatusCode.OK,
-                    server.signing.CheckAndRecordBlock(block_request(key, 1, A)).decision,
+                    server.signing.CheckAndRecordBlock(block_request(key, 1, A, ROOT)).decision,
                 )
             except grpc.RpcError as error:
                 return key, error.code(), None

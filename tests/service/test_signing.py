@@ -15,15 +15,14 @@ from tests.service.helpers import (
     REFUSED,
     assert_decision,
     export_document,
-    pubkey,
     register,
     settled_decisions,
     sign_attestation,
     sign_batch,
     sign_block,
-    signing_root,
     summary,
 )
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import Running
 
 A = signing_root(0xA)

@@ -15,16 +15,8 @@ import grpc
 import pytest
 
 from slashing_protection.v1 import admin_pb2, interchange_pb2
-from tests.service.helpers import (
-    ROOT,
-    Entry,
-    import_document,
-    interchange_document,
-    pubkey,
-    register,
-    signing_root,
-    summary,
-)
+from tests.service.helpers import ROOT, Entry, import_document, interchange_document, register, summary
+from tests.support.keys import pubkey, signing_root
 from tests.support.server import running_server
 
 A = signing_root(0xA)

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.domain import SigningRoot, valid_pubkey, valid_signing_root
 from sidecar.rules import Reason
 from sidecar.storage import FileOps, LogCorruptionError, list_segments
 from sidecar.storage.framing import RECORD_HEADER_SIZE
@@ -52,10 +53,10 @@ from .damage import first_of_write_flags, flip_byte, record_offsets, zero_range
 GENESIS = bytes(range(32))
 SEGMENT_BYTES = 600
 NOW_NS = 1_700_000_000 * 10**9
-KEYS = [bytes([0xA0 + n]) * 48 for n in range(4)]
+KEYS = [valid_pubkey(bytes([0xA0 + n]) * 48) for n in range(4)]
 IMPORTED = KEYS[3]
 # Registered in one record and then decided on in one batch: writes that span several 4 KiB pages.
-BULK_KEYS = [n.to_bytes(2, "big") * 24 for n in range(1, 91)]
+BULK_KEYS = [valid_pubkey(n.to_bytes(2, "big") * 24) for n in range(1, 91)]
 HOLE_KINDS = frozenset({"hole-512", "hole-4096", "hole-random"})
 
 
@@ -63,8 +64,8 @@ def _options(fileops: FileOps) -> StoreOptions:
     return StoreOptions(segment_bytes=SEGMENT_BYTES, fileops=fileops, clock_ns=lambda: NOW_NS, checkpoint_keep=2)
 
 
-def _root(*parts: int) -> bytes:
-    return bytes(parts) + bytes(32 - len(parts))
+def _root(*parts: int) -> SigningRoot:
+    return valid_signing_root(bytes(parts) + bytes(32 - len(parts)))
 
 
 def _import_document() -> bytes:

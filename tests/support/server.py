@@ -1,4 +1,6 @@
-"""A real sidecar server for tests: bound to 127.0.0.1:0 in a background event loop, driven by real gRPC stubs."""
+"""A real sidecar server for tests, in this process: bound to 127.0.0.1:0 in a background event loop, driven by
+real gRPC stubs. The one in-process launcher; `tests.support.processes` is the one for a server in a child
+process."""
 
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from sidecar.domain import valid_genesis_validators_root
 from sidecar.server import ServeConfig, SidecarServer
 from sidecar.store import StoreOptions
 from slashing_protection.v1 import admin_pb2_grpc, interchange_pb2_grpc, signing_pb2_grpc
-
-ZERO_ROOT = bytes(32)
+from tests.support.keys import ZERO_ROOT
 
 
 @dataclass
@@ -51,7 +53,9 @@ def running_server(
     config = replace(
         ServeConfig(
             data_dir=data_dir,
-            genesis_validators_root=genesis_validators_root,
+            genesis_validators_root=None
+            if genesis_validators_root is None
+            else valid_genesis_validators_root(genesis_validators_root),
             listen="127.0.0.1:0",
             checkpoint_interval=0,
             shutdown_grace=2.0,

@@ -2,7 +2,7 @@
 call goes into a `History` (tests/support/history_checker.py), for the failover drills and the replica kill.
 
 A replica is `python -m sidecar serve --database-url URL` in a child process (started and killed with
-`tests.crash.process.ServerProcess`), driven through the typed client `sidecar.client.SidecarClient` with no
+`tests.support.processes.ServerProcess`), driven through the typed client `sidecar.client.SidecarClient` with no
 retries, so that every attempt is one recorded call.
 
 The load (`SigningLoad`) is many validators, blocks and attestations, and deliberate conflicts. Every thread of
@@ -21,10 +21,8 @@ Most conflicts are refused; the checker is there for the one that would not be.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import random
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,32 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.client import NO_RETRY, Attestation, SidecarClient, Timeouts
-from tests.crash.process import ServerProcess
 from tests.support.history_checker import AttestationMessage, BlockMessage, History, Message, Outcome
+from tests.support.keys import root_for
+from tests.support.processes import ServerProcess, serve_command
 
 __all__ = [
     "Replica",
     "SigningLoad",
     "ask",
     "conflicting",
-    "pubkey_for",
     "replica_processes",
-    "root_for",
     "tcp_ports_of",
 ]
 
 CALL_TIMEOUT = 5.0
 ERROR_PAUSE = 0.05
-
-
-def pubkey_for(index: int) -> bytes:
-    """A distinct 48-byte key whose index reads at the front of its hex."""
-    return index.to_bytes(4, "big") + hashlib.sha512(b"load-key-%d" % index).digest()[:44]
-
-
-def root_for(*parts: object) -> bytes:
-    """A signing root named by its parts, so that "another root for the same message" is easy to build."""
-    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
 
 
 @dataclass
@@ -69,7 +56,7 @@ class Replica:
     client: SidecarClient
 
     def log_text(self) -> str:
-        return self.process.log_text()
+        return self.process.stderr
 
 
 @contextlib.contextmanager
@@ -86,11 +73,8 @@ def replica_processes(
     try:
         for index in range(count):
             name = f"replica-{index}"
-            command = [
-                sys.executable, "-m", "sidecar", "serve", "--database-url", database_url,
-                "--genesis-validators-root", "0x" + genesis_validators_root.hex(), "--listen", "127.0.0.1:0",
-            ]  # fmt: skip
-            process = ServerProcess.start(command, log_dir / f"{name}.log")
+            command = serve_command(database_url=database_url, genesis_validators_root=genesis_validators_root)
+            process = ServerProcess.launch(command, log_dir / f"{name}.log").wait_serving()
             client = SidecarClient(
                 f"127.0.0.1:{process.port}",
                 genesis_validators_root=genesis_validators_root,
