@@ -278,7 +278,7 @@ class SidecarServer:
             await self._health.set(service, status)
 
     def _call_soon(self, loop: asyncio.AbstractEventLoop, healthy: bool) -> None:
-        """From the log's flusher thread: hand the health change to the event loop."""
+        """From the backend's thread (the log's flusher, the database's watchdog): hand the change to the loop."""
         loop.call_soon_threadsafe(self._on_log_health, healthy)
 
     def _on_log_health(self, healthy: bool) -> None:
@@ -286,10 +286,12 @@ class SidecarServer:
         self.metrics.log_healthy.set(1 if healthy else 0)
         if not healthy:
             self.metrics.log_failures.inc()
+        # Said in the backend's words: an operator of a shared database looks at the database, not at a log file.
+        where = "the database" if self.config.database_url is not None else "the decision log"
         if healthy:
-            log.warning("decision log is durable again: serving")
+            log.warning("%s makes decisions durable again: serving", where)
         else:
-            log.error("decision log cannot be made durable: refusing every signing request until it recovers")
+            log.error("%s cannot make decisions durable: refusing every signing request until it recovers", where)
         if self.holder.accepting:
             self._health_update = asyncio.ensure_future(self._set_serving(healthy))
 
