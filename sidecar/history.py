@@ -98,6 +98,12 @@ class ExportedAttestation:
     signing_root: bytes | None
 
 
+# Why this class is longer than the house's ~300 lines: it is one index (the blocks map; attestations as parallel
+# arrays sorted by (target, source) with prefix maxima and suffix minima of sources; the floors) and every method
+# either answers from those invariants or keeps them through an add, a merge, a prune or a minify. Split, each part
+# would reach into the others' arrays. Its bookkeeping fields (applied sequence, counters, the last decision's
+# record) belong to the store rather than to the index; they sit here because the checkpoint body stores them with
+# each validator's history, and moving them is a change to both backends' state, left for its own change.
 class ValidatorHistory:
     """Blocks and attestations of one validator, with floors and decision counters."""
 

@@ -245,6 +245,12 @@ def build_history(
     return history
 
 
+# Why this class is longer than the house's ~300 lines: every call it serves follows one protocol (a pooled
+# connection, row locks in pubkey order, the version-checked cache, a failure discarding the connection and the
+# keys' cached histories, the health reported to the server), and that protocol is its state: the pool, the cache,
+# the per-key locks, the watchdog. The SQL is in module constants and the pure parts (building a history from
+# rows, the durability verdict) in functions and sidecar.postgres.durability; what is left reads and moves that
+# state, and split into classes the protocol would be restated at each boundary.
 class PostgresBackend:
     """A shared database behind the seam. Create with `open` on the event loop that will call it."""
 
