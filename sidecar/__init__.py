@@ -14,4 +14,4 @@ The EIP-3076 format itself lives in the separate top-level package `interchange`
 
 __all__ = ["__version__"]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
