@@ -275,3 +275,17 @@ def test_a_damaged_body_says_where() -> None:
     damaged = body[:last_type_at] + b"\x03" + body[last_type_at + 1 :]
     with pytest.raises(codec.CodecError, match=r"^unknown last decision type 3$"):
         list(codec.decode_checkpoint_body(damaged))
+
+
+def test_the_order_records_arrive_in_does_not_change_the_checkpoint_bytes() -> None:
+    """An attestation inserted below others (an import's out-of-order record) is encoded exactly as one appended in
+    order: same arrays, same root flags (1 for a known root), byte for byte."""
+    records = [(3, 4, ROOTS[0]), (5, 6, None), (7, 8, ROOTS[1])]
+    in_order, reversed_order = ValidatorHistory(), ValidatorHistory()
+    for source, target, root in records:
+        in_order.add_attestation(source, target, root)
+    for source, target, root in reversed(records):
+        reversed_order.add_attestation(source, target, root)
+    assert codec.encode_checkpoint_validator(KEYS[0], reversed_order) == codec.encode_checkpoint_validator(
+        KEYS[0], in_order
+    )

@@ -52,3 +52,13 @@ def test_surround_refusals_name_both_votes_in_order() -> None:
     surrounded = check_attestation(history, 11, 19, ROOT_B)
     assert surrounded.reason is Reason.SURROUNDED_BY_RECORDED_VOTE
     assert surrounded.message == "refused: the vote (11, 19) is surrounded by the recorded vote (10, 20)"
+
+
+def test_a_surrounded_vote_names_the_surrounding_vote_among_several() -> None:
+    """With votes on both sides, the one named is the one that surrounds, not a neighbour of it."""
+    history = ValidatorHistory()
+    for source, target in ((1, 2), (10, 20), (30, 40)):
+        history.add_attestation(source, target, ROOT_A)
+    decision = check_attestation(history, 11, 19, ROOT_B)
+    assert decision.reason is Reason.SURROUNDED_BY_RECORDED_VOTE
+    assert decision.message == "refused: the vote (11, 19) is surrounded by the recorded vote (10, 20)"
