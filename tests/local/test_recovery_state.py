@@ -289,3 +289,11 @@ def test_the_order_records_arrive_in_does_not_change_the_checkpoint_bytes() -> N
     assert codec.encode_checkpoint_validator(KEYS[0], reversed_order) == codec.encode_checkpoint_validator(
         KEYS[0], in_order
     )
+
+
+def test_a_key_that_never_decided_has_no_last_decision_in_its_entry() -> None:
+    """A registered key with no decision yet: last decision type 0 and sequence 0 (offset 98 of the entry:
+    pubkey 48, applied sequence, counts 2x8, floor bits 1, floors 3x8, type 1)."""
+    entry = codec.encode_checkpoint_validator(KEYS[0], ValidatorHistory())
+    assert entry[97] == 0
+    assert struct.unpack_from("<Q", entry, 98) == (0,)

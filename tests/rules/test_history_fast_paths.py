@@ -327,3 +327,14 @@ def test_pruning_drops_exactly_what_is_more_than_a_window_below_the_newest() -> 
     assert history.drop_blocks_below(50) == -1 and sorted(history.blocks) == [50, window_slots + 40]
     assert history.drop_blocks_below(window_slots + 41) == window_slots + 40
     assert (history.blocks, history.lowest_slot) == ({}, None)
+
+
+def test_a_copy_without_a_root_of_a_recorded_vote_is_not_evidence() -> None:
+    """The same (source, target) again without its root makes the root unknown (ADDED); with another known root it
+    is a double vote (CONFLICT): only two known, different roots prove a slashing."""
+    history = ValidatorHistory()
+    history.add_attestation(3, 4, ROOT_A)
+    assert history.add_attestation(3, 4, None) is MergeOutcome.ADDED
+    other = ValidatorHistory()
+    other.add_attestation(3, 4, ROOT_A)
+    assert other.add_attestation(3, 4, ROOT_B) is MergeOutcome.CONFLICT
