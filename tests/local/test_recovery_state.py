@@ -291,9 +291,10 @@ def test_the_order_records_arrive_in_does_not_change_the_checkpoint_bytes() -> N
     )
 
 
-def test_a_key_that_never_decided_has_no_last_decision_in_its_entry() -> None:
-    """A registered key with no decision yet: last decision type 0 and sequence 0 (offset 98 of the entry:
-    pubkey 48, applied sequence, counts 2x8, floor bits 1, floors 3x8, type 1)."""
+def test_a_key_that_never_decided_has_no_counts_and_no_last_decision_in_its_entry() -> None:
+    """A registered key with no decision yet: applied sequence and both counts 0 (offset 48), last decision type 0
+    and sequence 0 (offset 97: pubkey 48, applied sequence, counts 2x8, floor bits 1, floors 3x8)."""
     entry = codec.encode_checkpoint_validator(KEYS[0], ValidatorHistory())
+    assert struct.unpack_from("<QQQ", entry, 48) == (0, 0, 0)
     assert entry[97] == 0
     assert struct.unpack_from("<Q", entry, 98) == (0,)

@@ -329,12 +329,19 @@ def test_pruning_drops_exactly_what_is_more_than_a_window_below_the_newest() -> 
     assert (history.blocks, history.lowest_slot) == ({}, None)
 
 
-def test_a_copy_without_a_root_of_a_recorded_vote_is_not_evidence() -> None:
-    """The same (source, target) again without its root makes the root unknown (ADDED); with another known root it
-    is a double vote (CONFLICT): only two known, different roots prove a slashing."""
+def test_a_copy_without_a_root_of_a_recorded_message_is_not_evidence() -> None:
+    """The same (source, target), or slot, again without its root makes the root unknown (ADDED); with another
+    known root it is a double vote or proposal (CONFLICT): only two known, different roots prove a slashing."""
     history = ValidatorHistory()
     history.add_attestation(3, 4, ROOT_A)
     assert history.add_attestation(3, 4, None) is MergeOutcome.ADDED
     other = ValidatorHistory()
     other.add_attestation(3, 4, ROOT_A)
     assert other.add_attestation(3, 4, ROOT_B) is MergeOutcome.CONFLICT
+    blocks = ValidatorHistory()
+    blocks.add_block(7, ROOT_A)
+    assert blocks.add_block(7, None) is MergeOutcome.ADDED
+    assert blocks.add_block(7, ROOT_B) is MergeOutcome.UNCHANGED  # already unknown: nothing more to learn
+    proposals = ValidatorHistory()
+    proposals.add_block(7, ROOT_A)
+    assert proposals.add_block(7, ROOT_B) is MergeOutcome.CONFLICT
