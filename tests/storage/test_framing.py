@@ -512,3 +512,19 @@ def test_zeroed_sector_pieces_are_cut_at_file_offsets_not_data_offsets() -> None
     assert torn.detail.startswith("checksum mismatch in record at offset 400 (stored ")
     assert torn.detail.endswith("; the final record holds a zeroed sector")
     assert decode_record(data, 50, base_offset=50).outcome is Outcome.CORRUPT
+
+
+def test_a_record_without_payload_can_be_marked_first_of_its_write() -> None:
+    """A bare header (an empty payload) is a whole frame: marking it flags it and recomputes its CRC."""
+    bare = encode_record(9, 3, b"")
+    assert len(bare) == RECORD_HEADER_SIZE
+    marked = mark_first_of_write(bare)
+    decoded = decode_record(marked, 0)
+    assert (decoded.outcome, decoded.record_type, decoded.first_of_write) == (Outcome.RECORD, 3, True)
+    with pytest.raises(ValueError, match=r"^16 bytes hold no record to mark$"):
+        mark_first_of_write(bare[:-1])
+
+
+def test_a_segment_header_of_an_unknown_version_is_not_written() -> None:
+    with pytest.raises(ValueError, match=r"^segment format version 3 is unknown$"):
+        encode_segment_header(1, version=3)
